@@ -1,0 +1,96 @@
+"""Exact J_1, J_k and their gradients for tabular softmax policies.
+
+This is the reference against which every gradient estimator is checked.
+
+A tabular policy has logits z of shape (P, m): prompt x has its own softmax
+pi(.|x) = softmax(z_x) over m answers, and a boolean mask `correct` of shape (P, m) says which
+answers the verifier accepts.
+With r_a = 1[a correct]:
+
+    J_1(x) = sum_a pi_a r_a               d J_1 / d z_a = pi_a (r_a - J_1)   (softmax score)
+    J_k(x) = 1 - (sum_{a wrong} pi_a)^k   d J_k / d z_a = alpha_k(J_1) d J_1 / d z_a  (Thm 3.1)
+
+J_k is computed from the wrong mass in log space (logsumexp), a code path independent of J_1,
+so comparing autograd of J_k with alpha_k times autograd of J_1 is a real check of Theorem 3.1.
+Gradients are per prompt, shape (P, m): prompts do not share parameters in a tabular policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .passk import alpha_k, check_k
+
+__all__ = [
+    "check_policy",
+    "success_prob",
+    "pass_at_k",
+    "grad_j1",
+    "grad_jk",
+    "autograd",
+    "logits_for_success",
+]
+
+
+def check_policy(logits: Tensor, correct: Tensor) -> None:
+    """Raise ValueError unless logits (P, m) float and correct (P, m) bool have matching shapes."""
+    if logits.ndim != 2 or correct.shape != logits.shape:
+        raise ValueError(
+            f"logits and correct must both have shape (P, m); got {tuple(logits.shape)} "
+            f"and {tuple(correct.shape)}"
+        )
+    if correct.dtype != torch.bool:
+        raise ValueError("correct must be a boolean mask")
+    if not torch.is_floating_point(logits):
+        raise ValueError("logits must be a floating point tensor")
+
+
+def success_prob(logits: Tensor, correct: Tensor) -> Tensor:
+    """J_1 per prompt, shape (P,): the softmax mass on correct answers."""
+    check_policy(logits, correct)
+    return (torch.softmax(logits, -1) * correct).sum(-1)
+
+
+def pass_at_k(logits: Tensor, correct: Tensor, k: int) -> Tensor:
+    """J_k per prompt, shape (P,): 1 - exp(k (logsumexp z_wrong - logsumexp z))."""
+    check_policy(logits, correct)
+    check_k(k)
+    log_wrong = torch.logsumexp(logits.masked_fill(correct, float("-inf")), -1)
+    return 1 - torch.exp(k * (log_wrong - torch.logsumexp(logits, -1)))
+
+
+def grad_j1(logits: Tensor, correct: Tensor) -> Tensor:
+    """Closed form d J_1 / d z = pi * (r - J_1), shape (P, m)."""
+    pi = torch.softmax(logits, -1)
+    j1 = (pi * correct).sum(-1, keepdim=True)
+    return pi * (correct.to(pi.dtype) - j1)
+
+
+def grad_jk(logits: Tensor, correct: Tensor, k: int) -> Tensor:
+    """Closed form d J_k / d z = alpha_k(J_1) d J_1 / d z (Theorem 3.1), shape (P, m)."""
+    j1 = success_prob(logits, correct)
+    return alpha_k(j1, k)[:, None] * grad_j1(logits, correct)
+
+
+def autograd(fn: Callable[..., Tensor], logits: Tensor, *args: object) -> Tensor:
+    """Gradient of sum_x fn(logits, *args)[x] with respect to logits, by torch autograd."""
+    z = logits.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(fn(z, *args).sum(), z)
+    return g
+
+
+def logits_for_success(j1: Tensor, m: int, n_correct: int) -> tuple[Tensor, Tensor]:
+    """A tabular policy with the given J_1 per prompt: mass j1 spread evenly over the first
+    n_correct answers, 1 - j1 evenly over the other m - n_correct. Returns (logits, correct)."""
+    if not 0 < n_correct < m:
+        raise ValueError(f"need 0 < n_correct < m, got n_correct={n_correct}, m={m}")
+    j1 = torch.as_tensor(j1, dtype=torch.float64).reshape(-1)
+    if torch.any((j1 <= 0) | (j1 >= 1)):
+        raise ValueError("j1 must lie in (0, 1)")
+    correct = torch.zeros(j1.numel(), m, dtype=torch.bool)
+    correct[:, :n_correct] = True
+    probs = torch.where(correct, (j1 / n_correct)[:, None], ((1 - j1) / (m - n_correct))[:, None])
+    return probs.log(), correct

@@ -1,0 +1,184 @@
+"""Pass@k for a 0/1 verifier: exact law, gradient factor, gap, and the unbiased estimator.
+
+Notation (paper, arXiv 2511.16231, Sec. 3): for one prompt x, J_1 = p is the probability that one
+sample from the policy is correct. With k i.i.d. samples,
+
+    J_k = pass@k = 1 - (1 - p)^k                                   (Theorem 3.1, first line)
+    grad J_k = alpha_k * grad J_1,   alpha_k = k (1 - p)^(k - 1)     (Theorem 3.1)
+    Delta(k) = J_k - J_1 = (1 - p)(1 - (1 - p)^(k - 1))            (the exploration gap, Sec. 3.2)
+
+Every function here accepts Python numbers, numpy arrays or torch tensors and broadcasts. The
+closed forms are plain arithmetic, so on torch tensors they are differentiable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = Any  # float | np.ndarray | torch.Tensor
+
+__all__ = [
+    "pass_at_k",
+    "alpha_k",
+    "gap",
+    "gap_peak",
+    "pass_at_k_unbiased",
+    "check_k",
+    "n_for_signal",
+]
+
+
+def check_k(k: ArrayLike, n: ArrayLike | None = None, *, name: str = "k") -> None:
+    """Raise ValueError unless every k is an integer >= 1 (and <= n when n is given)."""
+    k_arr = np.asarray(k.detach().cpu() if isinstance(k, torch.Tensor) else k)
+    if k_arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.all(np.equal(np.mod(k_arr, 1), 0)):
+        raise ValueError(f"{name} must be an integer, got {k!r}")
+    if np.any(k_arr < 1):
+        raise ValueError(f"{name} must be >= 1, got min {k_arr.min()}")
+    if n is not None:
+        n_arr = np.asarray(n.detach().cpu() if isinstance(n, torch.Tensor) else n)
+        if np.any(k_arr > n_arr):
+            raise ValueError(f"{name} must be <= n (the number of samples); got {name} > n")
+
+
+def _check_prob(p: ArrayLike) -> None:
+    p_arr = p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p)
+    if np.any((p_arr < 0) | (p_arr > 1)) or np.any(np.isnan(p_arr)):
+        raise ValueError("p (= J_1) must lie in [0, 1]")
+
+
+def pass_at_k(p: ArrayLike, k: ArrayLike) -> ArrayLike:
+    """Exact pass@k of k i.i.d. samples: J_k = 1 - (1 - p)^k (Theorem 3.1).
+
+    >>> float(pass_at_k(0.5, 2))
+    0.75
+    """
+    check_k(k)
+    _check_prob(p)
+    return 1 - (1 - p) ** k
+
+
+def alpha_k(p: ArrayLike, k: ArrayLike) -> ArrayLike:
+    """The scalar of Theorem 3.1: grad J_k = alpha_k grad J_1 with alpha_k = k (1 - p)^(k - 1).
+
+    alpha_k -> k as p -> 0 and alpha_k -> 0 as p -> 1 (for k >= 2): the pass@k gradient is the
+    pass@1 gradient, reweighted towards prompts the policy rarely solves.
+    """
+    check_k(k)
+    _check_prob(p)
+    return k * (1 - p) ** (k - 1)
+
+
+def gap(p: ArrayLike, k: ArrayLike) -> ArrayLike:
+    """The exploration gap Delta(k) = J_k - J_1 = (1 - p)(1 - (1 - p)^(k - 1)) (Sec. 3.2)."""
+    check_k(k)
+    _check_prob(p)
+    return (1 - p) * (1 - (1 - p) ** (k - 1))
+
+
+def gap_peak(k: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
+    """The p that maximises Delta(k), and Delta(k) there.
+
+    d Delta / dp = k (1 - p)^(k - 1) - 1 = 0 gives (1 - p*) = k^(-1/(k-1)), so
+        p* = 1 - k^(-1/(k-1)),   Delta*(k) = k^(-1/(k-1)) (1 - 1/k).
+    Defined for k >= 2 (for k = 1 the gap is identically 0).
+    """
+    check_k(k)
+    k_arr = k.to(torch.float64) if isinstance(k, torch.Tensor) else np.asarray(k, dtype=float)
+    if np.any(np.asarray(k_arr.cpu() if isinstance(k_arr, torch.Tensor) else k_arr) < 2):
+        raise ValueError("gap_peak needs k >= 2: for k = 1 the gap is identically zero")
+    q = k_arr ** (-1.0 / (k_arr - 1))
+    p_star, gap_star = 1 - q, q * (1 - 1 / k_arr)
+    if not isinstance(k, torch.Tensor) and np.ndim(k) == 0:
+        return float(p_star), float(gap_star)
+    return p_star, gap_star
+
+
+# Working memory of the blocked product, in float64 elements (32 MB).
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _as_int_array(x: ArrayLike, name: str) -> np.ndarray:
+    arr = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
+    if arr.dtype.kind == "f":
+        if not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise ValueError(f"{name} must hold integers")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind not in "iub":
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be non-negative")
+    return arr.astype(np.int64)
+
+
+def pass_at_k_unbiased(n: ArrayLike, c: ArrayLike, k: ArrayLike) -> ArrayLike:
+    """Unbiased estimator of pass@k from n samples with c correct (Chen et al. 2021, Codex):
+
+        rho(n, c, k) = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i=0}^{k-1} (n - c - i) / (n - i).
+
+    It is the fraction of the C(n, k) size-k subsets of the n samples that contain a correct one;
+    since c ~ Binomial(n, p), E[rho] = 1 - (1 - p)^k. The product form never overflows (every
+    factor lies in [0, 1]); once n - c < k a factor is exactly 0 and rho = 1.
+
+    n, c and k broadcast together (e.g. n, c of shape (P, 1) and k of shape (K,) give (P, K)).
+    The product is computed blockwise along i, so memory stays bounded for n up to 10^5 and more.
+    Torch inputs give a float64 tensor on the device of the first tensor argument.
+
+    Raises ValueError for k < 1, k > n, c > n, negative or non-integer inputs.
+    """
+    device = next((x.device for x in (n, c, k) if isinstance(x, torch.Tensor)), None)
+    n_a, c_a, k_a = (_as_int_array(x, name) for x, name in ((n, "n"), (c, "c"), (k, "k")))
+    check_k(k_a)
+    if np.any(c_a > n_a):
+        raise ValueError("c (number of correct samples) must be <= n")
+    n_b, c_b = np.broadcast_arrays(n_a, c_a)
+    full_shape = np.broadcast_shapes(n_b.shape, k_a.shape)
+    k_full = np.broadcast_to(k_a, full_shape)
+    if np.any(k_full > np.broadcast_to(n_b, full_shape)):
+        raise ValueError("k must be <= n (the number of samples)")
+
+    base_shape = n_b.shape
+    n_f, c_f = n_b.astype(np.float64), c_b.astype(np.float64)
+    k_max = int(k_full.max()) if k_full.size else 0
+    block = max(1, min(k_max, _BLOCK_ELEMENTS // max(1, int(np.prod(base_shape)))))
+    survive = np.empty(full_shape, dtype=np.float64)  # C(n-c,k)/C(n,k)
+    running = np.ones(base_shape, dtype=np.float64)
+    for start in range(0, k_max, block):
+        i = np.arange(start, min(start + block, k_max), dtype=np.float64)
+        denom = n_f[..., None] - i
+        valid = denom > 0  # i < n; factors with i >= n are never gathered since k <= n
+        num = np.clip(n_f[..., None] - c_f[..., None] - i, 0.0, None)
+        factors = np.where(valid, num / np.where(valid, denom, 1.0), 1.0)
+        table = running[..., None] * np.cumprod(factors, axis=-1)
+        offset = k_full - 1 - start
+        in_block = (offset >= 0) & (offset < i.size)
+        if np.any(in_block):
+            idx = np.clip(offset, 0, i.size - 1)[..., None]
+            table_full = np.broadcast_to(table, (*full_shape, i.size))
+            vals = np.take_along_axis(table_full, idx, axis=-1)[..., 0]
+            survive[in_block] = vals[in_block]
+        running = table[..., -1]
+    est = 1.0 - survive
+    if device is not None:
+        return torch.as_tensor(est, dtype=torch.float64, device=device)
+    return est if est.ndim else float(est)
+
+
+def n_for_signal(p: ArrayLike, prob: float) -> ArrayLike:
+    """Smallest n with P(at least one correct among n rollouts) = 1 - (1 - p)^n >= prob.
+
+    From (1 - p)^n <= 1 - prob: n = ceil(log(1 - prob) / log(1 - p)) for 0 < p < 1 (Situation I).
+    """
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must lie in (0, 1), got {prob}")
+    p_arr = np.asarray(p, dtype=float)
+    if np.any((p_arr <= 0) | (p_arr >= 1)):
+        raise ValueError("p must lie in (0, 1) for a finite, non-trivial n")
+    # the small relative nudge keeps exact ratios (e.g. p = 0.5, prob = 0.75 -> 2) from rounding up
+    n = np.ceil(np.log1p(-prob) / np.log1p(-p_arr) * (1 - 1e-12))
+    return n.astype(np.int64) if n.ndim else int(n)

@@ -1,0 +1,51 @@
+"""Reproducibility: threads, seeds and where results go.
+
+Stored notebook outputs are compared byte for byte by nbval, so a run must not depend on the
+thread count (parallel float reductions change the last bits) or on unseeded randomness.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["setup", "results_dir", "repo_root"]
+
+
+def setup(seed: int = 0, threads: int = 1) -> np.random.Generator:
+    """Pin torch to `threads` threads, seed python/numpy/torch, return a numpy Generator."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 -- legacy global state for third-party code only
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def repo_root() -> Path | None:
+    """The checkout root when the package is installed in editable (src/) layout, else None."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def results_dir() -> Path:
+    """Where figures and claims.csv go: $COMPANION_RESULTS, else <repo>/results, else ./results.
+
+    Relative values of $COMPANION_RESULTS are taken from the repository root (notebooks run with
+    their own folder as cwd), so `make` can pass paths like build/test-results.
+    """
+    env = os.environ.get("COMPANION_RESULTS")
+    root = repo_root()
+    if env:
+        path = Path(env)
+        if not path.is_absolute():
+            path = (root or Path.cwd()) / path
+    else:
+        path = (root or Path.cwd()) / "results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

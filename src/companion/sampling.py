@@ -1,0 +1,41 @@
+"""Samplers for tabular (categorical) policies.
+
+`sample_iid` draws the n rollouts of each prompt independently (with replacement), the setting
+of Theorem 3.1. Without-replacement samplers (Gumbel-top-k) join here for open question 2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .exact import check_policy
+from .passk import check_k
+
+__all__ = ["sample_iid", "rewards_of", "no_correct_fraction"]
+
+
+def sample_iid(logits: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """n i.i.d. answers per prompt from softmax(logits): LongTensor of shape (P, n)."""
+    check_k(n, name="n")
+    probs = torch.softmax(logits.detach(), -1)
+    return torch.multinomial(probs, n, replacement=True, generator=generator)
+
+
+def rewards_of(correct: Tensor, answers: Tensor) -> Tensor:
+    """The 0/1 verifier reward of each sampled answer: correct[x, answers[x, i]], float (P, n)."""
+    return correct.gather(1, answers).to(torch.float64)
+
+
+def no_correct_fraction(
+    logits: Tensor, correct: Tensor, n: int, groups: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Per prompt, the fraction of `groups` independent groups of n rollouts with no correct one.
+
+    Its expectation is (1 - J_1)^n ("Situation I": every sampled pass@k gradient is 0 there).
+    """
+    check_policy(logits, correct)
+    check_k(groups, name="groups")
+    rep = logits.repeat_interleave(groups, 0)
+    rewards = rewards_of(correct.repeat_interleave(groups, 0), sample_iid(rep, n, generator))
+    return (rewards.sum(1) == 0).to(torch.float64).view(-1, groups).mean(1)
