@@ -32,6 +32,7 @@ __all__ = [
     "grad_jk",
     "autograd",
     "logits_for_success",
+    "cosine",
 ]
 
 
@@ -94,3 +95,10 @@ def logits_for_success(j1: Tensor, m: int, n_correct: int) -> tuple[Tensor, Tens
     correct[:, :n_correct] = True
     probs = torch.where(correct, (j1 / n_correct)[:, None], ((1 - j1) / (m - n_correct))[:, None])
     return probs.log(), correct
+
+
+def cosine(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
+    """Cosine similarity along `dim`, exact for tiny vectors (torch's version clamps the norm
+    product at 1e-8, which reports 0 for gradients like alpha_64 grad J_1 ~ 1e-100).
+    NaN where either vector is exactly zero."""
+    return (a * b).sum(dim) / (a.norm(dim=dim) * b.norm(dim=dim))

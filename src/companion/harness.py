@@ -1,0 +1,272 @@
+"""The exact-gradient harness: how far is an objective's gradient estimate from the truth?
+
+On a tabular softmax policy (logits (P, m), correct (P, m)) the score of answer a is
+grad_z log pi(a) = e_a - pi, so one group's estimate is, without autograd,
+
+    g = sum_i w_i (e_{y_i} - pi) = scatter_add(w, y) - (sum_i w_i) pi          (P, m per group).
+
+`run` draws `groups` independent groups of n i.i.d. rollouts per prompt, and reports
+  * bias: the Monte Carlo mean against the exact gradient of the objective's `unbiased_for` target,
+    as z-scores z = (mean - exact) / stderr per coordinate. The tolerance is a Bonferroni bound:
+    the test passes if max |z| <= Phi^{-1}(1 - alpha / (2 d)) over the d coordinates with nonzero
+    variance, i.e. an unbiased estimator fails with probability <= alpha (1e-3) under the CLT;
+  * variance: the trace of the covariance of one group's estimate, averaged over prompts;
+  * cosine of the mean estimate to grad J_1, and the weight multiple <mean, grad J_1>/|grad J_1|^2;
+  * the fraction of groups whose estimate is exactly zero (Situation I and its relatives).
+
+`expected_weight_multiple` gives that multiple exactly, from the Binomial law of c.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import objectives
+from .exact import check_policy, cosine, grad_j1, grad_jk
+from .objectives import Objective
+from .sampling import rewards_of, sample_iid
+
+__all__ = [
+    "TARGETS",
+    "register_target",
+    "HarnessReport",
+    "group_estimates",
+    "zero_signal",
+    "run",
+    "expected_weight_multiple",
+]
+
+GradFn = Callable[[Tensor, Tensor, int], Tensor]
+TARGETS: dict[str, GradFn] = {
+    "pass@1": lambda logits, correct, k: grad_j1(logits, correct),
+    "pass@k": grad_jk,
+}
+
+
+def register_target(name: str, grad_fn: GradFn) -> None:
+    """Make `unbiased_for = name` checkable: grad_fn(logits, correct, k) -> exact grad (P, m)."""
+    TARGETS[name] = grad_fn
+
+
+def _resolve(objective: str | Objective, seed: int) -> Objective:
+    if isinstance(objective, Objective):
+        return objective
+    obj = objectives.get(objective)
+    if obj.stochastic:
+        obj.generator = torch.Generator().manual_seed(seed + 1)
+    return obj
+
+
+def _sample_groups(
+    objective: Objective,
+    logits: Tensor,
+    correct: Tensor,
+    n: int,
+    k: int,
+    groups: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """(estimates (P, groups, m), rewards (P, groups, n)) for `groups` fresh groups per prompt."""
+    check_policy(logits, correct)
+    p, m = logits.shape
+    logits_rep = logits.detach().to(torch.float64).repeat_interleave(groups, 0)
+    answers = sample_iid(logits_rep, n, generator)
+    rewards = rewards_of(correct.repeat_interleave(groups, 0), answers)
+    w = objective.weights(rewards, k)
+    pi = torch.softmax(logits_rep, -1)
+    g = torch.zeros_like(pi).scatter_add_(1, answers, w) - w.sum(1, keepdim=True) * pi
+    return g.view(p, groups, m), rewards.view(p, groups, n)
+
+
+def group_estimates(
+    objective: Objective,
+    logits: Tensor,
+    correct: Tensor,
+    n: int,
+    k: int,
+    groups: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """`groups` independent single-group gradient estimates per prompt: shape (P, groups, m)."""
+    return _sample_groups(objective, logits, correct, n, k, groups, generator)[0]
+
+
+def zero_signal(
+    objective: str | Objective,
+    logits: Tensor,
+    correct: Tensor,
+    n: int,
+    k: int,
+    groups: int = 20_000,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Situation I, measured per prompt: the fraction of groups with no correct rollout, the
+    fraction with an exactly zero estimate, and max |estimate| over the no-correct groups.
+    The same seed draws the same rollouts for every objective."""
+    obj = _resolve(objective, seed)
+    gen = torch.Generator().manual_seed(seed)
+    g, rewards = _sample_groups(obj, logits.to(torch.float64), correct, n, k, groups, gen)
+    none_correct = rewards.sum(-1) == 0
+    return {
+        "no_correct": none_correct.to(torch.float64).mean(1),
+        "zero_estimate": (g == 0).all(-1).to(torch.float64).mean(1),
+        "max_abs_when_no_correct": (g.abs().amax(-1) * none_correct).amax(1),
+    }
+
+
+@dataclass(frozen=True)
+class HarnessReport:
+    """What `run` measured for one objective at one (n, k)."""
+
+    objective: str
+    target: str | None
+    n: int
+    k: int
+    groups: int
+    mean: Tensor  # (P, m) Monte Carlo mean of one group's estimate
+    stderr: Tensor  # (P, m) its standard error
+    exact: Tensor | None  # (P, m) exact gradient of the target, if any
+    max_abs_z: float  # max |z| over coordinates (nan without a target)
+    z_threshold: float  # Bonferroni threshold at family-wise level alpha
+    variance: float  # trace of one group's covariance, averaged over prompts
+    noise_to_signal: float  # trace(cov) / |mean|^2, averaged over prompts (scale-free)
+    cos_to_grad_j1: Tensor  # (P,)
+    weight_multiple: Tensor  # (P,) <mean, grad J_1> / |grad J_1|^2
+    zero_fraction: Tensor  # (P,) fraction of groups with an exactly zero estimate
+
+    @property
+    def unbiased_ok(self) -> bool | None:
+        """True/False for objectives with a target, None otherwise."""
+        return None if self.target is None else bool(self.max_abs_z <= self.z_threshold)
+
+    def summary(self) -> dict[str, object]:
+        """One flat row for a table."""
+        return {
+            "objective": self.objective,
+            "unbiased_for": self.target or "-",
+            "n": self.n,
+            "k": self.k,
+            "max|z|": self.max_abs_z,
+            "z_threshold": self.z_threshold,
+            "unbiased_ok": self.unbiased_ok,
+            "variance": self.variance,
+            "noise_to_signal": self.noise_to_signal,
+            "cos_to_gradJ1": float(self.cos_to_grad_j1.min()),
+            "weight_multiple_mean": float(self.weight_multiple.mean()),
+        }
+
+
+def run(
+    objective: str | Objective,
+    logits: Tensor,
+    correct: Tensor,
+    n: int,
+    k: int,
+    groups: int = 20_000,
+    seed: int = 0,
+    alpha: float = 1e-3,
+    chunk: int = 4096,
+) -> HarnessReport:
+    """Monte Carlo check of one objective on a tabular policy (see the module docstring)."""
+    if groups < 2:
+        raise ValueError(f"groups must be >= 2, got {groups}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    obj = _resolve(objective, seed)
+    logits = logits.detach().to(torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    total = torch.zeros(logits.shape, dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    zeros = torch.zeros(logits.shape[0], dtype=torch.float64)
+    for start in range(0, groups, chunk):
+        g = group_estimates(obj, logits, correct, n, k, min(chunk, groups - start), gen)
+        total += g.sum(1)
+        total_sq += (g**2).sum(1)
+        zeros += (g == 0).all(-1).sum(1)
+    mean = total / groups
+    var = ((total_sq - groups * mean**2) / (groups - 1)).clamp_min(0)
+    stderr = (var / groups).sqrt()
+
+    exact = None
+    max_z, threshold = math.nan, math.nan
+    target = obj.unbiased_for
+    if target is not None:
+        if target not in TARGETS:
+            raise ValueError(f"{obj.name}: unknown target {target!r}; known: {sorted(TARGETS)}")
+        exact = TARGETS[target](logits, correct, k)
+        diff = (mean - exact).abs()
+        live = stderr > 0
+        if bool(torch.any(~live & (diff > 1e-12))):
+            max_z = math.inf  # a deterministic coordinate that disagrees
+        else:
+            max_z = float((diff[live] / stderr[live]).max()) if live.any() else 0.0
+        d = max(1, int(live.sum()))
+        threshold = NormalDist().inv_cdf(1 - alpha / (2 * d))
+
+    g1 = grad_j1(logits, correct)
+    g1_sq = (g1**2).sum(1)
+    cos = cosine(mean, g1, dim=1)
+    multiple = (mean * g1).sum(1) / g1_sq.clamp_min(1e-300)
+    return HarnessReport(
+        objective=obj.name,
+        target=target,
+        n=n,
+        k=k,
+        groups=groups,
+        mean=mean,
+        stderr=stderr,
+        exact=exact,
+        max_abs_z=max_z,
+        z_threshold=threshold,
+        variance=float(var.sum(1).mean()),
+        noise_to_signal=float((var.sum(1) / (mean**2).sum(1).clamp_min(1e-300)).mean()),
+        cos_to_grad_j1=cos,
+        weight_multiple=multiple,
+        zero_fraction=zeros / groups,
+    )
+
+
+def expected_weight_multiple(
+    objective: str | Objective,
+    p: np.ndarray | float,
+    n: int,
+    k: int,
+    draws: int = 4000,
+    seed: int = 0,
+) -> np.ndarray:
+    """omega(p) with E[sum_i w_i grad log pi(y_i)] = omega(p) grad J_1, for any tabular softmax.
+
+    For weights that depend on (r_i, c) only, with w_1(c), w_0(c) the weights of a correct and a
+    wrong rollout in a group with c correct (given e_y - pi averages to grad J_1 / p over correct
+    answers and to -grad J_1 / (1 - p) over wrong ones):
+
+        omega(p) = sum_c Bin(c; n, p) [c w_1(c) (1 - p) - (n - c) w_0(c) p] / (p (1 - p)).
+
+    pass1_reinforce gives omega = 1, and pkpo gives alpha_k(p) (Theorem 3.1). Stochastic
+    objectives are averaged over `draws` repetitions of each reward pattern (Monte Carlo in w only).
+    """
+    obj = _resolve(objective, seed)
+    p = np.asarray(p, dtype=float)
+    if np.any((p <= 0) | (p >= 1)):
+        raise ValueError("p must lie in (0, 1)")
+    c = torch.arange(n + 1)
+    rewards = (torch.arange(n)[None, :] < c[:, None]).to(torch.float64)  # row c: c ones first
+    reps = draws if obj.stochastic else 1
+    w = obj.weights(rewards.repeat(reps, 1), k).view(reps, n + 1, n).mean(0)
+    pos = rewards > 0
+    w1 = (w * pos).sum(1) / pos.sum(1).clamp_min(1)
+    w0 = (w * ~pos).sum(1) / (~pos).sum(1).clamp_min(1)
+    cc = c.numpy()[:, None].astype(float)
+    log_binom = np.array(
+        [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(n + 1)]
+    )[:, None]
+    pmf = np.exp(log_binom + cc * np.log(p) + (n - cc) * np.log1p(-p))
+    terms = cc * w1.numpy()[:, None] * (1 - p) - (n - cc) * w0.numpy()[:, None] * p
+    return (pmf * terms).sum(0) / (p * (1 - p))

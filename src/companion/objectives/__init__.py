@@ -1,0 +1,27 @@
+"""The registry of objective variants.
+
+An objective maps the verifier rewards of a group of n rollouts per prompt, a (B, n) tensor, and k
+to per-rollout weights (B, n). The gradient estimate of one group is sum_i w_i grad log pi(y_i);
+the surrogate loss is `-(weights.detach() * logprob_of_rollout).sum(1).mean()`.
+
+    >>> from companion import objectives
+    >>> objectives.names()[:3]
+    ['best_of_k_naive', 'dr_grpo', 'grpo']
+    >>> w = objectives.get("pkpo").weights(rewards, k=4)
+
+Add a variant in your own module, without touching this package:
+
+    @objectives.register("my_variant")
+    class MyVariant(objectives.Objective):
+        unbiased_for = None
+        def _weights(self, rewards, k):
+            ...
+
+Every registered objective is then picked up by the exact-gradient tests and the harness.
+"""
+
+from . import group_baselines as _group_baselines  # noqa: F401  (registers grpo, ...)
+from . import passk_family as _passk_family  # noqa: F401  (registers pkpo, pkpo_loo, ...)
+from .base import Objective, get, names, register, unregister
+
+__all__ = ["Objective", "get", "names", "register", "unregister"]

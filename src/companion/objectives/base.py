@@ -1,0 +1,117 @@
+"""Objective base class and registry (see the package docstring for the contract)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["Objective", "StdNormalized", "register", "unregister", "get", "names"]
+
+TARGETS = ("pass@1", "pass@k")
+
+
+class Objective(ABC):
+    """One objective variant: rewards (B, n) and k -> weights (B, n).
+
+    Class attributes a variant sets:
+      unbiased_for: "pass@1", "pass@k" (or another target the harness knows) if E[sum_i w_i grad
+          log pi(y_i)] equals that gradient exactly; None for shaped or heuristic variants.
+      binary_only: whether rewards must be 0/1.
+      stochastic: whether weights use randomness beyond the rollouts (then pass a generator).
+      min_group: the smallest n the formula is defined for.
+    """
+
+    name: ClassVar[str] = ""
+    unbiased_for: ClassVar[str | None] = None
+    binary_only: ClassVar[bool] = True
+    stochastic: ClassVar[bool] = False
+    min_group: ClassVar[int] = 1
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        self.generator = generator
+
+    def weights(self, rewards: Tensor, k: int) -> Tensor:
+        """Validate the inputs, then return the (B, n) float64 weights of `_weights`."""
+        if not isinstance(rewards, Tensor) or rewards.ndim != 2:
+            raise ValueError(f"{self.name}: rewards must be a (B, n) tensor")
+        batch, n = rewards.shape
+        if batch == 0 or n == 0:
+            raise ValueError(
+                f"{self.name}: rewards must be non-empty, got shape {tuple(rewards.shape)}"
+            )
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"{self.name}: k must be an integer >= 1, got {k!r}")
+        if k > n:
+            raise ValueError(f"{self.name}: k = {k} exceeds the group size n = {n}")
+        if n < self.min_group:
+            raise ValueError(f"{self.name}: needs groups of n >= {self.min_group}, got n = {n}")
+        rewards = rewards.to(torch.float64)
+        if self.binary_only and not torch.all((rewards == 0) | (rewards == 1)):
+            raise ValueError(f"{self.name}: rewards must be binary (0/1)")
+        if not torch.all(torch.isfinite(rewards)):
+            raise ValueError(f"{self.name}: rewards must be finite")
+        w = self._weights(rewards, k)
+        assert w.shape == rewards.shape, f"{self.name} returned shape {tuple(w.shape)}"
+        return w
+
+    @abstractmethod
+    def _weights(self, rewards: Tensor, k: int) -> Tensor:
+        """The formula, on validated float64 rewards (B, n)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, unbiased_for={self.unbiased_for!r})"
+
+
+class StdNormalized(Objective):
+    """An objective that divides by a group standard deviation plus `eps` (GRPO, Chen et al.)."""
+
+    default_eps: ClassVar[float] = 1e-4
+
+    def __init__(self, eps: float | None = None, generator: torch.Generator | None = None) -> None:
+        super().__init__(generator)
+        eps = self.default_eps if eps is None else eps
+        if eps < 0:
+            raise ValueError(f"{self.name}: eps must be >= 0, got {eps}")
+        self.eps = eps
+
+
+_REGISTRY: dict[str, type[Objective]] = {}
+T = TypeVar("T", bound=type[Objective])
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator: register an Objective subclass under `name`."""
+
+    def deco(cls: T) -> T:
+        if not (isinstance(cls, type) and issubclass(cls, Objective)):
+            raise TypeError("register() decorates Objective subclasses")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"objective {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def unregister(name: str) -> None:
+    """Remove `name` from the registry (notebooks and tests that register throwaway variants)."""
+    _REGISTRY.pop(name, None)
+
+
+def get(name: str, **params: Any) -> Objective:
+    """An instance of the objective registered as `name`, constructed with `params`."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown objective {name!r}; registered: {', '.join(names())}") from None
+    return cls(**params)
+
+
+def names() -> list[str]:
+    """Names of all registered objectives, sorted."""
+    return sorted(_REGISTRY)
