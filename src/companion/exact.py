@@ -33,6 +33,7 @@ __all__ = [
     "autograd",
     "logits_for_success",
     "cosine",
+    "pass_at_k_swor",
 ]
 
 
@@ -102,3 +103,54 @@ def cosine(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
     product at 1e-8, which reports 0 for gradients like alpha_64 grad J_1 ~ 1e-100).
     NaN where either vector is exactly zero."""
     return (a * b).sum(dim) / (a.norm(dim=dim) * b.norm(dim=dim))
+
+
+# Largest number of wrong answers per prompt for which pass_at_k_swor enumerates subsets exactly.
+SWOR_MAX_WRONG = 16
+
+
+def pass_at_k_swor(logits: Tensor, correct: Tensor, k: int) -> Tensor:
+    """Exact pass@k when the k samples are drawn WITHOUT replacement (successive Plackett-Luce
+    draws, the law of Gumbel-top-k), per prompt, shape (P,); differentiable in logits.
+
+        P(first k draws all wrong) = sum_{S subset W, |S| = k} f(S),
+        f(empty) = 1,  f(S) = sum_{a in S} f(S \\ a) pi_a / (1 - pi(S \\ a)),
+
+    where f(S) is the probability that the first |S| draws are the set S in some order
+    (Kool, van Hoof & Welling 2019, arXiv 1903.06059). Then J_k^wor = 1 - that sum. Unlike the
+    i.i.d. J_k it depends on how the wrong mass is spread, not only on J_1. If fewer than k answers
+    are wrong, some draw must be correct and J_k^wor = 1 (for J_1 > 0).
+
+    Cost: O(w 2^w) vectorized steps for w wrong answers; needs the same w <= SWOR_MAX_WRONG on
+    every prompt (the wrong answers of each prompt are taken in column order).
+    """
+    check_policy(logits, correct)
+    check_k(k)
+    n_wrong = (~correct).sum(1)
+    if not bool(torch.all(n_wrong == n_wrong[0])):
+        raise ValueError("pass_at_k_swor needs the same number of wrong answers on every prompt")
+    w = int(n_wrong[0])
+    if w > SWOR_MAX_WRONG:
+        raise ValueError(
+            f"pass_at_k_swor enumerates subsets: at most {SWOR_MAX_WRONG} wrong answers"
+        )
+    pi = torch.softmax(logits, -1)
+    if k > w:
+        return torch.ones(len(pi), dtype=pi.dtype)
+    order = torch.argsort(correct.to(torch.int8), dim=1, stable=True)[:, :w]  # wrong columns
+    q = pi.gather(1, order)  # (P, w)
+    f: list[Tensor] = [torch.ones(len(pi), dtype=pi.dtype)]
+    mass: list[Tensor] = [torch.zeros(len(pi), dtype=pi.dtype)]
+    all_wrong = torch.zeros(len(pi), dtype=pi.dtype)
+    for s in range(1, 1 << w):
+        low = (s & -s).bit_length() - 1
+        mass.append(mass[s & (s - 1)] + q[:, low])
+        total = torch.zeros(len(pi), dtype=pi.dtype)
+        for a in range(w):
+            if s >> a & 1:
+                rest = s & ~(1 << a)
+                total = total + f[rest] * q[:, a] / (1 - mass[rest])
+        f.append(total)
+        if s.bit_count() == k:
+            all_wrong = all_wrong + total
+    return 1 - all_wrong

@@ -12,7 +12,7 @@ from torch import Tensor
 from .exact import check_policy
 from .passk import check_k
 
-__all__ = ["sample_iid", "rewards_of", "no_correct_fraction"]
+__all__ = ["sample_iid", "rewards_of", "no_correct_fraction", "gumbel_top_k"]
 
 
 def sample_iid(logits: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -39,3 +39,13 @@ def no_correct_fraction(
     rep = logits.repeat_interleave(groups, 0)
     rewards = rewards_of(correct.repeat_interleave(groups, 0), sample_iid(rep, n, generator))
     return (rewards.sum(1) == 0).to(torch.float64).view(-1, groups).mean(1)
+
+
+def gumbel_top_k(logits: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """k distinct answers per prompt, drawn without replacement from softmax(logits), in the order
+    of successive (Plackett-Luce) draws: the indices of the k largest logits + Gumbel(0, 1) noise
+    (Gumbel-top-k; Kool, van Hoof & Welling 2019). LongTensor (P, k)."""
+    check_k(k, logits.shape[-1], name="k")
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
+    return torch.topk(logits.detach().to(torch.float64) + gumbel, k, dim=-1).indices
