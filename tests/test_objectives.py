@@ -15,6 +15,15 @@ from companion.objectives import Objective
 
 ALL = objectives.names()
 UNBIASED = [n for n in ALL if objectives.get(n).unbiased_for is not None]
+# omega(p) is defined for i.i.d. rollouts and weights that depend on (r_i, c) only
+EXCHANGEABLE = [
+    n for n in ALL if objectives.get(n).sampler == "iid" and not objectives.get(n).needs_logprobs
+]
+
+
+def some_logprobs(rows):
+    """Valid log-probabilities of n distinct rollouts (each 1/(n+1))."""
+    return torch.full_like(rows, -math.log(rows.shape[1] + 1))
 
 
 def all_binary_rows(n):
@@ -101,7 +110,8 @@ def test_every_objective_is_zero_without_a_correct_rollout(n, data):
     for name in ALL:
         obj = objectives.get(name)
         if n >= obj.min_group:
-            assert torch.count_nonzero(obj.weights(rows, k)) == 0, name
+            w = obj.weights(rows, k, logprobs=some_logprobs(rows))
+            assert torch.count_nonzero(w) == 0, name
 
 
 @settings(max_examples=40, deadline=None)
@@ -153,7 +163,7 @@ def test_registry_errors_and_extension():
     assert "_test_variant" not in objectives.names()
 
 
-def _policy(seed=0, p=6, m=6, n_correct=2):
+def _policy(seed=0, p=6, m=9, n_correct=2):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(p, m, generator=g, dtype=torch.float64)
     correct = torch.zeros(p, m, dtype=torch.bool)
@@ -183,6 +193,27 @@ def test_harness_detects_a_biased_estimator():
     pretender = Pretender(generator=torch.Generator().manual_seed(0))
     assert not harness.run(pretender, *_policy(), n=8, k=4, groups=40_000).unbiased_ok
     assert not harness.run(Scaled(), *_policy(), n=8, k=4, groups=40_000).unbiased_ok
+
+
+def test_logprobs_required_where_declared():
+    rows = torch.ones(2, 4)
+    with pytest.raises(ValueError, match="needs logprobs"):
+        objectives.get("swor_ordered").weights(rows, 2)
+    with pytest.raises(ValueError, match="<= 0"):
+        objectives.get("swor_ordered").weights(rows, 2, logprobs=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="i.i.d."):
+        harness.expected_weight_multiple("swor_ordered", 0.5, 4, 2)
+
+
+def test_swor_score_coefficients_match_autograd():
+    """c_i of swor_ordered = d log P(s_1..s_k) / d l_i, by autograd of the ordered likelihood."""
+    lp = torch.log(torch.tensor([[0.3, 0.2, 0.1, 0.05]], dtype=torch.float64))
+    l = lp.clone().requires_grad_(True)
+    p = l.exp()
+    log_p = (l - torch.log1p(-(torch.cumsum(p, 1) - p))).sum()
+    (coef,) = torch.autograd.grad(log_p, l)
+    w = objectives.get("swor_ordered").weights(torch.ones(1, 4), 4, logprobs=lp)
+    torch.testing.assert_close(w, coef)
 
 
 def test_group_estimate_equals_autograd_of_the_surrogate():
@@ -219,7 +250,7 @@ def test_expected_weight_multiple_closed_forms():
     np.testing.assert_allclose(harness.expected_weight_multiple("dr_grpo", p, 16, 1), 15 / 16)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", EXCHANGEABLE)
 def test_expected_multiple_matches_monte_carlo(name):
     """The Binomial formula for omega(p) against the harness's Monte Carlo projection."""
     j1 = torch.tensor([0.15, 0.4, 0.7])

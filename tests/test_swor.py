@@ -86,3 +86,53 @@ def test_swor_bad_input():
         exact.pass_at_k_swor(torch.zeros(2, 3), torch.tensor([[1, 0, 0], [1, 1, 0]]).bool(), 1)
     with pytest.raises(ValueError, match="k must be <= n"):
         sampling.gumbel_top_k(torch.zeros(2, 3), 4)
+
+
+def test_symbolic_swor_matches_dp_and_minor_has_even_split_factor():
+    import sympy as sp
+
+    from companion import symbolic
+
+    q = [sp.Rational(2, 10), sp.Rational(4, 10), sp.Rational(2, 10), sp.Rational(1, 10)]
+    q.append(1 - sum(q))
+    correct = torch.tensor([[True, False, False, False, False]])
+    logits = torch.tensor([[float(v) for v in q]], dtype=torch.float64).log()
+    for k in (1, 2, 3):
+        expr = symbolic.swor_pass_at_k_expr(q, [0], k)
+        assert float(expr) == pytest.approx(
+            float(exact.pass_at_k_swor(logits, correct, k)), abs=1e-12
+        )
+    z, minor = symbolic.swor_collinearity_minor()
+    assert sp.simplify(minor.subs(z[2], z[1])) == 0  # collinear when the wrong mass is even
+    assert minor.subs({z[0]: 0, z[1]: 0, z[2]: 1}) != 0  # and not otherwise
+
+
+def test_swor_gradient_not_collinear_and_pushes_wrong_mass_together():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    correct = torch.zeros(30, 6, dtype=torch.bool)
+    correct[:, 0] = True
+    gk = exact.autograd(exact.pass_at_k_swor, logits, correct, 3)
+    g1 = exact.grad_j1(logits, correct)
+    cos = exact.cosine(gk, g1)
+    assert cos.max() < 1 - 1e-6
+    resid = exact.orthogonal_part(gk, g1)
+    torch.testing.assert_close((resid * g1).sum(1), torch.zeros(30, dtype=torch.float64))
+    dh = (exact.autograd(exact.wrong_mass_entropy, logits, correct) * resid).sum(1)
+    assert (dh < 0).float().mean() > 0.5
+
+
+def test_correlated_pass_at_k_below_iid():
+    corr, iid = passk.pass_at_k_correlated([0.05, 0.6], [0.5, 0.5], 4)
+    assert corr == pytest.approx(1 - 0.5 * 0.95**4 - 0.5 * 0.4**4)
+    assert iid == pytest.approx(1 - (1 - 0.325) ** 4) and corr < iid
+    mc = sampling.correlated_pass_at_k(
+        torch.tensor([0.05, 0.6]),
+        torch.tensor([0.5, 0.5]),
+        4,
+        200_000,
+        torch.Generator().manual_seed(0),
+    )
+    assert mc == pytest.approx(corr, abs=5 * math.sqrt(corr * (1 - corr) / 200_000))
+    with pytest.raises(ValueError, match="probability vector"):
+        passk.pass_at_k_correlated([0.1, 0.2], [0.5, 0.6], 2)

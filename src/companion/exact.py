@@ -34,6 +34,8 @@ __all__ = [
     "logits_for_success",
     "cosine",
     "pass_at_k_swor",
+    "wrong_mass_entropy",
+    "orthogonal_part",
 ]
 
 
@@ -154,3 +156,17 @@ def pass_at_k_swor(logits: Tensor, correct: Tensor, k: int) -> Tensor:
         if s.bit_count() == k:
             all_wrong = all_wrong + total
     return 1 - all_wrong
+
+
+def wrong_mass_entropy(logits: Tensor, correct: Tensor) -> Tensor:
+    """Entropy (nats) of the policy restricted to the wrong answers and renormalised, per prompt:
+    low when the wrong mass sits on few answers, log |W| when it is spread evenly."""
+    check_policy(logits, correct)
+    log_q = torch.log_softmax(logits.masked_fill(correct, float("-inf")), -1)
+    return -(log_q.exp() * log_q.masked_fill(correct, 0.0)).sum(-1)
+
+
+def orthogonal_part(g: Tensor, onto: Tensor) -> Tensor:
+    """g minus its projection on `onto`, row by row: the part no reweighting can explain."""
+    coef = (g * onto).sum(-1, keepdim=True) / (onto * onto).sum(-1, keepdim=True)
+    return g - coef * onto

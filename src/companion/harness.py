@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 from . import objectives
-from .exact import check_policy, cosine, grad_j1, grad_jk
+from .exact import autograd, check_policy, cosine, grad_j1, grad_jk, pass_at_k_swor
 from .objectives import Objective
-from .sampling import rewards_of, sample_iid
+from .sampling import gumbel_top_k, rewards_of, sample_iid
 
 __all__ = [
     "TARGETS",
@@ -47,7 +47,9 @@ GradFn = Callable[[Tensor, Tensor, int], Tensor]
 TARGETS: dict[str, GradFn] = {
     "pass@1": lambda logits, correct, k: grad_j1(logits, correct),
     "pass@k": grad_jk,
+    "pass@k-swor": lambda logits, correct, k: autograd(pass_at_k_swor, logits, correct, k),
 }
+SAMPLERS = ("iid", "swor")
 
 
 def register_target(name: str, grad_fn: GradFn) -> None:
@@ -72,14 +74,23 @@ def _sample_groups(
     k: int,
     groups: int,
     generator: torch.Generator | None,
+    sampler: str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(estimates (P, groups, m), rewards (P, groups, n)) for `groups` fresh groups per prompt."""
+    """(estimates (P, groups, m), rewards (P, groups, n)) for `groups` fresh groups per prompt,
+    drawn by `sampler` ("iid" or "swor"; default: the objective's own)."""
     check_policy(logits, correct)
+    sampler = sampler or objective.sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; known: {SAMPLERS}")
     p, m = logits.shape
     logits_rep = logits.detach().to(torch.float64).repeat_interleave(groups, 0)
-    answers = sample_iid(logits_rep, n, generator)
+    if sampler == "swor":
+        answers = gumbel_top_k(logits_rep, n, generator)
+    else:
+        answers = sample_iid(logits_rep, n, generator)
     rewards = rewards_of(correct.repeat_interleave(groups, 0), answers)
-    w = objective.weights(rewards, k)
+    logprobs = torch.log_softmax(logits_rep, -1).gather(1, answers)
+    w = objective.weights(rewards, k, logprobs=logprobs)
     pi = torch.softmax(logits_rep, -1)
     g = torch.zeros_like(pi).scatter_add_(1, answers, w) - w.sum(1, keepdim=True) * pi
     return g.view(p, groups, m), rewards.view(p, groups, n)
@@ -93,9 +104,10 @@ def group_estimates(
     k: int,
     groups: int,
     generator: torch.Generator | None = None,
+    sampler: str | None = None,
 ) -> Tensor:
     """`groups` independent single-group gradient estimates per prompt: shape (P, groups, m)."""
-    return _sample_groups(objective, logits, correct, n, k, groups, generator)[0]
+    return _sample_groups(objective, logits, correct, n, k, groups, generator, sampler)[0]
 
 
 def zero_signal(
@@ -173,8 +185,12 @@ def run(
     seed: int = 0,
     alpha: float = 1e-3,
     chunk: int = 4096,
+    sampler: str | None = None,
 ) -> HarnessReport:
-    """Monte Carlo check of one objective on a tabular policy (see the module docstring)."""
+    """Monte Carlo check of one objective on a tabular policy (see the module docstring).
+
+    Rollouts come from the objective's own `sampler` unless `sampler` is given; the bias test
+    against `unbiased_for` is only meaningful under the objective's own sampler."""
     if groups < 2:
         raise ValueError(f"groups must be >= 2, got {groups}")
     if not 0 < alpha < 1:
@@ -186,7 +202,7 @@ def run(
     total_sq = torch.zeros_like(total)
     zeros = torch.zeros(logits.shape[0], dtype=torch.float64)
     for start in range(0, groups, chunk):
-        g = group_estimates(obj, logits, correct, n, k, min(chunk, groups - start), gen)
+        g = group_estimates(obj, logits, correct, n, k, min(chunk, groups - start), gen, sampler)
         total += g.sum(1)
         total_sq += (g**2).sum(1)
         zeros += (g == 0).all(-1).sum(1)
@@ -196,7 +212,7 @@ def run(
 
     exact = None
     max_z, threshold = math.nan, math.nan
-    target = obj.unbiased_for
+    target = obj.unbiased_for if (sampler or obj.sampler) == obj.sampler else None
     if target is not None:
         if target not in TARGETS:
             raise ValueError(f"{obj.name}: unknown target {target!r}; known: {sorted(TARGETS)}")
@@ -253,6 +269,8 @@ def expected_weight_multiple(
     objectives are averaged over `draws` repetitions of each reward pattern (Monte Carlo in w only).
     """
     obj = _resolve(objective, seed)
+    if obj.sampler != "iid" or obj.needs_logprobs:
+        raise ValueError(f"{obj.name}: omega(p) needs i.i.d. rollouts and weights of (r_i, c) only")
     p = np.asarray(p, dtype=float)
     if np.any((p <= 0) | (p >= 1)):
         raise ValueError("p must lie in (0, 1)")

@@ -28,6 +28,7 @@ __all__ = [
     "pass_at_k_unbiased",
     "check_k",
     "n_for_signal",
+    "pass_at_k_correlated",
 ]
 
 
@@ -182,3 +183,23 @@ def n_for_signal(p: ArrayLike, prob: float) -> ArrayLike:
     # the small relative nudge keeps exact ratios (e.g. p = 0.5, prob = 0.75 -> 2) from rounding up
     n = np.ceil(np.log1p(-prob) / np.log1p(-p_arr) * (1 - 1e-12))
     return n.astype(np.int64) if n.ndim else int(n)
+
+
+def pass_at_k_correlated(success: ArrayLike, mix: ArrayLike, k: int) -> tuple[float, float]:
+    """pass@k when the k draws share a latent variable (a temperature, a mode, a seed).
+
+    With latent value l drawn with probability mix[l] once per group, and success probability
+    success[l] given l, the draws are exchangeable but not independent:
+        pass@k = 1 - sum_l mix[l] (1 - success[l])^k  <=  1 - (1 - p)^k,
+        p = sum_l mix[l] success[l],
+    by Jensen's inequality ((1 - x)^k is convex). Returns (correlated pass@k, i.i.d. pass@k at p).
+    """
+    check_k(k)
+    s, w = np.asarray(success, dtype=float), np.asarray(mix, dtype=float)
+    if s.shape != w.shape or s.ndim != 1:
+        raise ValueError("success and mix must be 1-D arrays of the same length")
+    if np.any(w < 0) or not np.isclose(w.sum(), 1.0):
+        raise ValueError("mix must be a probability vector")
+    _check_prob(s)
+    p = float((w * s).sum())
+    return float(1 - (w * (1 - s) ** k).sum()), float(1 - (1 - p) ** k)

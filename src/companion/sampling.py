@@ -12,7 +12,13 @@ from torch import Tensor
 from .exact import check_policy
 from .passk import check_k
 
-__all__ = ["sample_iid", "rewards_of", "no_correct_fraction", "gumbel_top_k"]
+__all__ = [
+    "sample_iid",
+    "rewards_of",
+    "no_correct_fraction",
+    "gumbel_top_k",
+    "correlated_pass_at_k",
+]
 
 
 def sample_iid(logits: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -49,3 +55,16 @@ def gumbel_top_k(logits: Tensor, k: int, generator: torch.Generator | None = Non
     u = torch.rand(logits.shape, generator=generator, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
     return torch.topk(logits.detach().to(torch.float64) + gumbel, k, dim=-1).indices
+
+
+def correlated_pass_at_k(
+    success: Tensor, mix: Tensor, k: int, groups: int, generator: torch.Generator | None = None
+) -> float:
+    """Monte Carlo pass@k when all k draws of a group share a latent l ~ mix with success
+    probability success[l] (see companion.passk.pass_at_k_correlated for the exact value)."""
+    check_k(k)
+    check_k(groups, name="groups")
+    latent = torch.multinomial(mix.to(torch.float64), groups, replacement=True, generator=generator)
+    p = success.to(torch.float64)[latent][:, None].expand(groups, k)
+    hits = torch.bernoulli(p, generator=generator)
+    return float((hits.sum(1) > 0).to(torch.float64).mean())

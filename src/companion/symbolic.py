@@ -19,6 +19,8 @@ __all__ = [
     "alpha_limits",
     "gap_peak_symbolic",
     "no_signal_probability",
+    "swor_pass_at_k_expr",
+    "swor_collinearity_minor",
 ]
 
 K = sp.Symbol("k", integer=True, positive=True)
@@ -133,3 +135,42 @@ def no_signal_probability(n: sp.Symbol | int | None = None) -> sp.Expr:
     n = sp.Symbol("n", integer=True, positive=True) if n is None else n
     i = sp.Symbol("i", integer=True, positive=True)
     return sp.Product(1 - P, (i, 1, n)).doit()
+
+
+def swor_pass_at_k_expr(pi: list[sp.Expr], correct: list[int], k: int) -> sp.Expr:
+    """pass@k of k draws WITHOUT replacement (successive Plackett-Luce draws) from probabilities
+    pi, by enumerating the ordered k-tuples of distinct answers:
+
+        J_k^wor = sum_{(s_1..s_k) distinct, some s_i correct}
+                      prod_i pi(s_i) / (1 - sum_{j<i} pi(s_j)).
+    """
+    if not 1 <= k <= len(pi):
+        raise ValueError(f"need 1 <= k <= m = {len(pi)}, got k = {k}")
+    total = sp.Integer(0)
+    for draws in itertools.permutations(range(len(pi)), k):
+        if not any(a in correct for a in draws):
+            continue
+        prob, used = sp.Integer(1), sp.Integer(0)
+        for a in draws:
+            prob *= pi[a] / (1 - used)
+            used += pi[a]
+        total += prob
+    return total
+
+
+def swor_collinearity_minor() -> tuple[tuple[sp.Symbol, ...], sp.Expr]:
+    """Softmax over 3 answers (answer 0 correct), k = 2 draws without replacement.
+
+    Both gradients sum to 0 over the logits (softmax shift invariance), so they are collinear iff
+    the 2x2 minor dJ_2^wor/dz_1 dJ_1/dz_2 - dJ_2^wor/dz_2 dJ_1/dz_1 vanishes. Returns (z, minor
+    factored); the minor carries a factor (e^{z_1} - e^{z_2}): collinear only when the wrong mass
+    is split evenly.
+    """
+    z = sp.symbols("z0:3", real=True)
+    total = sum(sp.exp(zi) for zi in z)
+    pi = [sp.exp(zi) / total for zi in z]
+    j2 = swor_pass_at_k_expr(pi, [0], 2)
+    j1 = pi[0]
+    g2 = [sp.diff(j2, zi) for zi in z]
+    g1 = [sp.diff(j1, zi) for zi in z]
+    return z, sp.factor(sp.simplify(g2[1] * g1[2] - g2[2] * g1[1]))

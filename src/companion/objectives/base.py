@@ -23,6 +23,9 @@ class Objective(ABC):
       binary_only: whether rewards must be 0/1.
       stochastic: whether weights use randomness beyond the rollouts (then pass a generator).
       min_group: the smallest n the formula is defined for.
+      sampler: the sampling law of the n rollouts under which `unbiased_for` holds: "iid"
+          (independent draws) or "swor" (distinct draws in Plackett-Luce order, Gumbel-top-k).
+      needs_logprobs: whether the weights also need log pi(y_i) of each rollout (detached).
     """
 
     name: ClassVar[str] = ""
@@ -30,12 +33,17 @@ class Objective(ABC):
     binary_only: ClassVar[bool] = True
     stochastic: ClassVar[bool] = False
     min_group: ClassVar[int] = 1
+    sampler: ClassVar[str] = "iid"
+    needs_logprobs: ClassVar[bool] = False
 
     def __init__(self, generator: torch.Generator | None = None) -> None:
         self.generator = generator
 
-    def weights(self, rewards: Tensor, k: int) -> Tensor:
-        """Validate the inputs, then return the (B, n) float64 weights of `_weights`."""
+    def weights(self, rewards: Tensor, k: int, logprobs: Tensor | None = None) -> Tensor:
+        """Validate the inputs, then return the (B, n) float64 weights of `_weights`.
+
+        `logprobs` (B, n), the log-probability of each rollout, is required by objectives with
+        `needs_logprobs` (and ignored by the others)."""
         if not isinstance(rewards, Tensor) or rewards.ndim != 2:
             raise ValueError(f"{self.name}: rewards must be a (B, n) tensor")
         batch, n = rewards.shape
@@ -54,13 +62,20 @@ class Objective(ABC):
             raise ValueError(f"{self.name}: rewards must be binary (0/1)")
         if not torch.all(torch.isfinite(rewards)):
             raise ValueError(f"{self.name}: rewards must be finite")
-        w = self._weights(rewards, k)
+        if self.needs_logprobs:
+            if logprobs is None or logprobs.shape != rewards.shape:
+                raise ValueError(f"{self.name}: needs logprobs of shape {tuple(rewards.shape)}")
+            if bool(torch.any(logprobs > 0)):
+                raise ValueError(f"{self.name}: logprobs must be <= 0")
+            w = self._weights(rewards, k, logprobs=logprobs.detach().to(torch.float64))
+        else:
+            w = self._weights(rewards, k)
         assert w.shape == rewards.shape, f"{self.name} returned shape {tuple(w.shape)}"
         return w
 
     @abstractmethod
-    def _weights(self, rewards: Tensor, k: int) -> Tensor:
-        """The formula, on validated float64 rewards (B, n)."""
+    def _weights(self, rewards: Tensor, k: int, **extra: Tensor) -> Tensor:
+        """The formula, on validated float64 rewards (B, n) (and `logprobs` if needed)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, unbiased_for={self.unbiased_for!r})"
