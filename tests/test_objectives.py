@@ -161,6 +161,9 @@ def test_registry_errors_and_extension():
     finally:
         objectives.unregister("_test_variant")
     assert "_test_variant" not in objectives.names()
+    assert "swor_ordered" in objectives.names("swor") and "swor_ordered" not in objectives.names(
+        "iid"
+    )
 
 
 def _policy(seed=0, p=6, m=9, n_correct=2):

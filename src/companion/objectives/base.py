@@ -127,6 +127,6 @@ def get(name: str, **params: Any) -> Objective:
     return cls(**params)
 
 
-def names() -> list[str]:
-    """Names of all registered objectives, sorted."""
-    return sorted(_REGISTRY)
+def names(sampler: str | None = None) -> list[str]:
+    """Names of the registered objectives (those assuming `sampler`, if given), sorted."""
+    return sorted(n for n, cls in _REGISTRY.items() if sampler is None or cls.sampler == sampler)
