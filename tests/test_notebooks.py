@@ -108,3 +108,20 @@ def test_nbval_catches_a_changed_stored_number(tmp_path):
     bad = _run_nbval(altered)
     assert bad.returncode == 1, bad.stdout[-3000:]
     assert "1 failed" in bad.stdout and "0.3701" in bad.stdout
+
+
+MARKERS = {
+    "# NBVAL_IGNORE_OUTPUT",
+    "# NBVAL_CHECK_OUTPUT",
+    "# NBVAL_SKIP",
+    "# NBVAL_RAISES_EXCEPTION",
+}
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_nbval_markers_are_well_formed(nb):
+    """nbval only honours a marker on a line of its own: trailing text silently disables it."""
+    for cell in code_cells(nb):
+        for line in "".join(cell["source"]).splitlines():
+            if "NBVAL_" in line:
+                assert line.strip() in MARKERS, f"malformed nbval marker: {line!r}"

@@ -22,8 +22,11 @@ class SworOrderedScore(Objective):
         c_i             = 1 + sum_{i<i'<=k} e^{l_i} / (1 - sum_{j<i'} e^{l_j}),
         w_i             = (max_{j<=k} r_j - b) c_i for i <= k, and 0 for the rollouts after k.
 
-    E[sum_i w_i grad l_i] = grad J_k^wor for any constant baseline b (default 0), so this is
-    unbiased for "pass@k-swor" when the rollouts come from the "swor" sampler in draw order.
+    E[sum_i w_i grad l_i] = grad J_k^wor for any baseline b independent of the row's own sample:
+    a constant, or (default, baseline="batch_loo") the mean of F = max_{j<=k} r_j over the OTHER
+    rows of the batch (independent groups), which removes most of the variance when F is mostly
+    1. So this is unbiased for "pass@k-swor" when the rollouts come from the "swor" sampler in
+    draw order.
     With no correct rollout among the first k, every weight is 0 (Situation I carries over).
     """
 
@@ -31,9 +34,13 @@ class SworOrderedScore(Objective):
     sampler = "swor"
     needs_logprobs = True
 
-    def __init__(self, baseline: float = 0.0, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, baseline: float | str = "batch_loo", generator: torch.Generator | None = None
+    ) -> None:
         super().__init__(generator)
-        self.baseline = float(baseline)
+        if isinstance(baseline, str) and baseline != "batch_loo":
+            raise ValueError(f"baseline must be a number or 'batch_loo', got {baseline!r}")
+        self.baseline = baseline if isinstance(baseline, str) else float(baseline)
 
     def _weights(self, rewards: Tensor, k: int, **extra: Tensor) -> Tensor:
         probs = extra["logprobs"][:, :k].exp()
@@ -42,7 +49,13 @@ class SworOrderedScore(Objective):
         # sum_{i'>i} inv_left[i'] via a reversed cumulative sum, shifted by one
         tail = torch.flip(torch.cumsum(torch.flip(inv_left, [1]), 1), [1]) - inv_left
         coef = 1 + probs * tail
-        score = rewards[:, :k].amax(1, keepdim=True) - self.baseline
+        best = rewards[:, :k].amax(1, keepdim=True)
+        if self.baseline == "batch_loo":
+            rows = best.shape[0]
+            base = (best.sum() - best) / (rows - 1) if rows > 1 else torch.zeros_like(best)
+        else:
+            base = torch.full_like(best, float(self.baseline))
+        score = best - base
         w = torch.zeros_like(rewards)
         w[:, :k] = score * coef
         return w
