@@ -22,12 +22,13 @@ STRIP     := $(BIN)/nbstripout --keep-output --keep-count \
 NBVAL     := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .DELETE_ON_ERROR:
-.PHONY: venv test lint unit nbval execute reproduce clean help
+.PHONY: venv test lint browser unit nbval execute reproduce html clean help
 
 help:
 	@echo "make reproduce [PROFILE=ci|full] [NB=01]  execute notebooks into $(RESULTS)/"
 	@echo "make test                                 ruff + pytest + nbval (what CI runs)"
 	@echo "make execute [NB=01]                      regenerate the stored notebook outputs (ci profile)"
+	@echo "make html                                 render results/ to results/site (after reproduce)"
 
 venv: $(STAMP)
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -41,7 +42,7 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collects nothing: treat that as "nothing to check", not a failure.
 unit: $(STAMP)
-	COMPANION_RESULTS=build/test-results MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 tests; \
+	COMPANION_REQUIRE_BROWSER=1 COMPANION_RESULTS=build/test-results MPLBACKEND=Agg $(BIN)/python -m pytest -q -n 2 tests; \
 	  rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 nbval: $(STAMP)
@@ -49,7 +50,12 @@ nbval: $(STAMP)
 	  COMPANION_RESULTS=build/test-results $(BIN)/python -m pytest -q -n 2 --dist loadfile \
 	    $(NBVAL) -o testpaths= $(NOTEBOOKS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc; fi
 
-test: lint unit nbval
+# The site test drives headless Chromium (Debian's package); install it when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || { echo "could not install chromium (needed by tests/test_site.py)"; exit 1; }
+
+test: lint browser unit nbval
 
 # Stored outputs are produced only here: papermill in place at the default (ci) profile, then strip
 # the volatile papermill metadata while keeping outputs and execution counts (nbval needs both).
@@ -71,7 +77,11 @@ reproduce: $(STAMP)
 	  COMPANION_RESULTS=$(CURDIR)/$(RESULTS) $(BIN)/papermill --no-progress-bar "$$nb" \
 	    "$(RESULTS)/notebooks/$$stem.ipynb" $$extra --cwd notebooks || exit 1; \
 	done
-	@echo "claims: $(RESULTS)/claims.csv"; cat $(RESULTS)/claims.csv
+	@COMPANION_RESULTS=$(CURDIR)/$(RESULTS) $(BIN)/python -m companion report
+
+# A static site of the executed notebooks (run make reproduce first).
+html: $(STAMP)
+	COMPANION_RESULTS=$(CURDIR)/$(RESULTS) $(BIN)/python -m companion html
 
 clean:
 	rm -rf $(VENV) build

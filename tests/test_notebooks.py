@@ -125,3 +125,30 @@ def test_nbval_markers_are_well_formed(nb):
         for line in "".join(cell["source"]).splitlines():
             if "NBVAL_" in line:
                 assert line.strip() in MARKERS, f"malformed nbval marker: {line!r}"
+
+
+def test_notebook_06_variant_is_a_working_objective():
+    """The variant written in notebook 06 registers, validates and is zero without a success."""
+    import torch
+
+    from companion import objectives
+
+    nb = next(p for p in NOTEBOOKS if p.stem.startswith("06"))
+    source = next(
+        "".join(c["source"])
+        for c in code_cells(nb)
+        if "@objectives.register" in "".join(c["source"])
+    )
+    namespace = {"beta_rank": 0.25}
+    exec(compile(source, str(nb), "exec"), namespace)
+    try:
+        obj = objectives.get("unlikeliness")
+        rewards = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+        logprobs = torch.log(torch.tensor([[0.4, 0.1, 0.2, 0.3], [0.4, 0.1, 0.2, 0.3]]))
+        w = obj.weights(rewards, 2, logprobs=logprobs)
+        assert torch.count_nonzero(w[1]) == 0  # Situation I
+        assert w[0, 1] > w[0, 0] > 0 > w[0, 2]  # the less likely correct rollout gets more
+        with pytest.raises(ValueError, match="needs logprobs"):
+            obj.weights(rewards, 2)
+    finally:
+        objectives.unregister("unlikeliness")

@@ -43,11 +43,36 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    r = sub.add_parser("report", help="build REPORT.md from claims.csv and print it")
+    r.add_argument("--claims", default=None, help="claims.csv (default: results/claims.csv)")
+    h = sub.add_parser("html", help="render results/ into a static site (results/site)")
+    h.add_argument("--results", default=None, help="results folder (default: results/)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "html":
+        from .repro import results_dir
+        from .site import build_site
+
+        try:
+            index = build_site(Path(args.results) if args.results else results_dir())
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"site: {index}")
+        return 0
+    if args.command == "report":
+        from .report import build
+
+        try:
+            path = build(Path(args.claims) if args.claims else None)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(path.read_text())
+        return 0
     try:
         profile = train.get_profile(args.profile)
         overrides = {
