@@ -135,7 +135,7 @@ def main() -> None:
     _, _, snap_none = run_trl("none")
 
     # --- ours (same sizes, fresh model, no pretraining) --------------------------------------
-    base = train._model_for(task, prof.model, torch.device("cpu"))
+    base = train.build_model(task, prof.model, torch.device("cpu"))
     ours_cfg = dataclasses.replace(
         prof.rl, objective="grpo", steps=args.steps, eval_every=args.steps, n_eval=2, eval_prompts=2
     )

@@ -101,3 +101,34 @@ def test_cli(tmp_path, capsys):
     assert '"rl_s"' in capsys.readouterr().out
     assert cli.main(["train", "--objective", "nope", "--profile", "smoke", "--out", "x"]) == 2
     assert "unknown objective" in capsys.readouterr().err
+
+
+def test_distinct_correct_counts_unique_valid_paths(task):
+    """evaluate() against a brute-force count on a model that always answers the same path."""
+    import torch
+
+    class Fixed(torch.nn.Module):
+        """Emits a fixed valid path for the first held-out pair, whatever the prompt."""
+
+        def __init__(self, path):
+            super().__init__()
+            self.path = path
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+            self.cfg = type("C", (), {"vocab_size": task.vocab_size})()
+
+        def new_cache(self, batch):
+            return None
+
+        def forward(self, idx, cache=None):
+            pos = idx.shape[1] - 3 if cache is None else None
+            logits = torch.full((idx.shape[0], idx.shape[1], task.vocab_size), -1e9)
+            step = pos if pos is not None else 0
+            token = self.path[step] if step < len(self.path) else task.pad
+            logits[:, -1, token] = 0.0
+            return logits
+
+    walk = task.random_walks(task.rl_pairs[:1], torch.Generator().manual_seed(0))[0, 3:]
+    path = [t for t in walk.tolist() if t != task.pad]
+    cfg = dataclasses.replace(SMOKE.rl, n_eval=8, eval_prompts=1)
+    m = train.evaluate(Fixed(path), task, cfg, 0)
+    assert m["distinct_correct"] == 1.0 and m["pass@1"] == 1.0

@@ -46,6 +46,7 @@ __all__ = [
     "PROFILES",
     "get_profile",
     "build_task",
+    "build_model",
     "pretrain",
     "load_or_pretrain",
     "evaluate",
@@ -184,7 +185,8 @@ def build_task(cfg: TaskConfig) -> DagTask:
     )
 
 
-def _model_for(task: DagTask, cfg: ModelConfig, device: torch.device) -> GPT:
+def build_model(task: DagTask, cfg: ModelConfig, device: torch.device) -> GPT:
+    """A freshly initialised GPT sized for `task` (vocabulary, prompt + answer length)."""
     gcfg = GPTConfig(task.vocab_size, 3 + task.max_new_tokens, cfg.n_layer, cfg.n_head, cfg.n_embd)
     return GPT(gcfg).to(device)
 
@@ -199,7 +201,7 @@ def pretrain(
     """Supervised next-token training on random valid walks between pretraining pairs only."""
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
-    model = _model_for(task, model_cfg, dev)
+    model = build_model(task, model_cfg, dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.seed)
     for _ in tqdm(range(cfg.steps), desc="pretrain", disable=not progress, leave=False):
@@ -239,7 +241,7 @@ def load_or_pretrain(
     if path.is_file():
         saved = torch.load(path, map_location=dev, weights_only=False)
         if saved["key"] == key:
-            model = _model_for(task, profile.model, dev)
+            model = build_model(task, profile.model, dev)
             model.load_state_dict(saved["model"])
             return model
     model = pretrain(task, profile.model, profile.pretrain, device, progress)
@@ -275,12 +277,11 @@ def evaluate(model: GPT, task: DagTask, cfg: RLConfig, step: int) -> dict[str, f
         if k > 1:
             out[f"gap@{k}"] = pk - pass1
     out[f"alpha_{cfg.k}"] = float(alpha_k((c / n).numpy(), cfg.k).mean())
-    distinct = []
-    for i in range(p):
-        ok = answers[i][rewards[i] > 0]
-        distinct.append(len({tuple(row.tolist()) for row in ok}))
+    # distinct correct answers per prompt: unique (prompt, answer) rows among the correct ones
+    rows = torch.cat([torch.arange(p).repeat_interleave(n)[:, None], answers.view(p * n, -1)], 1)
+    unique_ok = torch.unique(rows[rewards.view(-1) > 0], dim=0)
+    distinct_t = torch.bincount(unique_ok[:, 0], minlength=p).to(torch.float64)
     n_paths = task.paths[pairs[:, 0], pairs[:, 1]].to(torch.float64)
-    distinct_t = torch.tensor(distinct, dtype=torch.float64)
     out["distinct_correct"] = float(distinct_t.mean())
     out["coverage"] = float((distinct_t / n_paths).mean())
     out["coverage_capped"] = float((distinct_t / n_paths.clamp_max(n)).mean())
