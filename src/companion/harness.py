@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import objectives
 from .exact import autograd, check_policy, cosine, grad_j1, grad_jk, pass_at_k_swor
-from .objectives import Objective
+from .objectives import SAMPLERS, Objective
 from .sampling import gumbel_top_k, rewards_of, sample_iid
 
 __all__ = [
@@ -52,7 +52,6 @@ TARGETS: dict[str, GradFn] = {
     "pass@k": grad_jk,
     "pass@k-swor": lambda logits, correct, k: autograd(pass_at_k_swor, logits, correct, k),
 }
-SAMPLERS = ("iid", "swor")
 
 
 def register_target(name: str, grad_fn: GradFn) -> None:

@@ -34,6 +34,7 @@ from . import objectives
 from .atomic import atomic_write, atomic_write_text
 from .models import GPT, GPTConfig, pick_device
 from .models.generate import answer_mask, sample_iid, sample_swor, sequence_logprob
+from .objectives import SAMPLERS
 from .passk import alpha_k, pass_at_k_unbiased
 from .tasks import DagTask, make_dag_task
 
@@ -52,8 +53,6 @@ __all__ = [
     "evaluate",
     "train_rl",
 ]
-
-SAMPLERS = ("iid", "swor")
 
 
 def _positive(obj: object, names: tuple[str, ...]) -> None:

@@ -9,9 +9,9 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["Objective", "StdNormalized", "register", "unregister", "get", "names"]
+__all__ = ["Objective", "StdNormalized", "SAMPLERS", "register", "unregister", "get", "names"]
 
-TARGETS = ("pass@1", "pass@k")
+SAMPLERS = ("iid", "swor")  # the values of Objective.sampler (and of the training config)
 
 
 class Objective(ABC):
