@@ -92,3 +92,66 @@ def test_late_slope_recovers_a_power_law():
 def test_config_validation(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         dynamics.TrainConfig(**kwargs)
+
+
+def _run_with_traces(j1_rows, modes_rows):
+    cfg = dynamics.TrainConfig(steps=1)
+    traces = {
+        "step": torch.arange(len(j1_rows)),
+        "J1": torch.tensor(j1_rows, dtype=torch.float64),
+        "modes_eff": torch.tensor(modes_rows, dtype=torch.float64),
+    }
+    return dynamics.TabularRun(cfg, None, None, None, traces)
+
+
+def test_per_prompt_matching_interpolates_and_marks_unreached_prompts():
+    run = _run_with_traces([[0.1, 0.6, 0.1], [0.3, 0.8, 0.2], [0.5, 0.9, 0.25]],
+                           [[4.0, 2.0, 3.0], [3.0, 1.0, 3.0], [2.0, 1.0, 3.0]])  # fmt: skip
+    at = dynamics.per_prompt_at(run, [0.4, 0.5], "modes_eff")
+    assert at[0, 0] == pytest.approx(2.5)  # halfway between steps 1 and 2
+    assert at[0, 1] == 2.0 and at[1, 1] == 2.0  # starts above the level: its step-0 value
+    assert torch.isnan(at[:, 2]).all()  # never reaches 0.4
+    other = _run_with_traces([[0.1, 0.6, 0.5], [0.5, 0.8, 0.6], [0.6, 0.9, 0.7]],
+                             [[5.0, 1.0, 2.0], [4.0, 1.0, 2.0], [3.0, 1.0, 2.0]])  # fmt: skip
+    diff, used = dynamics.matched_difference_per_prompt(run, other, [0.4, 0.5], "modes_eff")
+    assert used == [0.4, 0.5] and np.isnan(diff[2])
+    assert diff[0] == pytest.approx(np.mean([2.5 - 4.25, 2.0 - 4.0]))
+    change = dynamics.matched_change(run, 0.4, "modes_eff")
+    assert change[0] == pytest.approx(2.5 - 4.0) and np.isnan(change[2])
+
+
+def test_at_matched_on_a_history():
+    import pandas as pd
+
+    h = pd.DataFrame({"step": [0, 10, 20], "J1": [0.2, 0.4, 0.8], "m": [3.0, 2.0, 1.0]})
+    assert dynamics.at_matched(h, 0.6, "m") == pytest.approx(1.5)
+    assert dynamics.at_matched(h, 0.1, "m") == 3.0
+    assert np.isnan(dynamics.at_matched(h, 0.9, "m"))
+
+
+def test_entropy_fixed_point_and_stationary_point():
+    from companion import symbolic
+
+    j1 = dynamics.entropy_fixed_point(lambda p: 1.0, 4, 60, 0.3)
+    assert j1 == pytest.approx(float(symbolic.entropy_optimum_j1(4, 60, 0.3)), rel=1e-10)
+    omega = lambda p: 8 * (1 - p) ** 7  # noqa: E731 - alpha_8
+    j1k = dynamics.entropy_fixed_point(omega, 4, 60, 0.3)
+    a = omega(j1k) / 0.3
+    assert j1k == pytest.approx(4 * np.exp(a) / (4 * np.exp(a) + 60), abs=1e-12)
+    for objective in ("pass1_reinforce", "pkpo"):
+        _, update = dynamics.entropy_stationary_point(objective, 16, 8, 0.1, 5, 59)
+        assert update < 1e-12
+    with pytest.raises(ValueError, match="beta"):
+        dynamics.entropy_fixed_point(lambda p: 1.0, 4, 60, 0.0)
+
+
+def test_rare_mode_metrics_on_a_known_policy():
+    probs = torch.tensor([[0.5, 0.3, 0.005, 0.195]], dtype=torch.float64)
+    correct = torch.tensor([[True, True, True, False]])
+    rare = torch.tensor([[False, False, True, False]])
+    m = dynamics.policy_metrics(probs.log(), correct, [2], rare=rare)
+    q = np.array([0.5, 0.3, 0.005]) / 0.805
+    assert m["modes_eff"] == pytest.approx(np.exp(-(q * np.log(q)).sum()))
+    assert m["rare_mass"] == pytest.approx(0.005) and m["rare_share"] == pytest.approx(
+        0.005 / 0.805
+    )

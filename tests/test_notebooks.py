@@ -1,10 +1,12 @@
-"""Notebook conventions: parameters cells, profiles, validation, and that nbval can fail."""
+"""Notebook conventions: parameters cells, profiles, validation of injected parameters, clean
+stored outputs, progress bars kept out of them, and that nbval can fail."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import papermill as pm
 import pytest
 import yaml
@@ -18,8 +20,12 @@ def code_cells(nb_path):
     return [c for c in json.loads(nb_path.read_text())["cells"] if c["cell_type"] == "code"]
 
 
+def notebook(prefix):
+    return next(p for p in NOTEBOOKS if p.name.startswith(prefix))
+
+
 def test_there_are_notebooks():
-    assert NOTEBOOKS, "no notebooks found"
+    assert len(NOTEBOOKS) >= 7, NOTEBOOKS
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
@@ -27,18 +33,24 @@ def test_first_code_cell_is_parameters_then_validation(nb):
     cells = code_cells(nb)
     assert cells[0]["metadata"].get("tags") == ["parameters"]
     assert 'profile = "ci"' in "".join(cells[0]["source"])
-    assert "check_profile(profile)" in "".join(cells[1]["source"])
+    validation = "".join(cells[1]["source"])
+    assert "par.Params(globals())" in validation and ".done()" in validation
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_stored_outputs_complete_and_clean(nb):
     data = json.loads(nb.read_text())
     assert "papermill" not in data["metadata"]
-    assert data["metadata"]["kernelspec"]["name"] == "python3"
+    assert "widgets" not in data["metadata"], "a progress-bar widget leaked into the outputs"
+    assert data["metadata"]["kernelspec"]["name"] == "companion"
     for cell in code_cells(nb):
         assert cell["execution_count"], "every code cell must be stored executed (make execute)"
-        assert "papermill" not in cell["metadata"]
-        assert not any(o.get("output_type") == "error" for o in cell["outputs"])
+        assert "papermill" not in cell["metadata"] and "execution" not in cell["metadata"]
+        for out in cell["outputs"]:
+            assert out.get("output_type") != "error"
+            assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {})
+            text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            assert "it/s]" not in text, "a progress bar leaked into the stored outputs"
 
 
 @pytest.mark.parametrize("profile_file", sorted((ROOT / "params").glob("*/*.yaml")), ids=str)
@@ -52,11 +64,34 @@ def test_profile_files_name_known_parameters(profile_file):
 
 
 @pytest.mark.parametrize(
-    ("params", "message"),
-    [({"profile": "gpu"}, "profile must be one of"), ({"k_values": [0, 4]}, "must be >= 1")],
+    "stem", sorted({p.stem for p in (ROOT / "params" / "full").glob("*.yaml")})
 )
-def test_bad_parameters_fail_in_the_validation_cell(tmp_path, params, message):
-    nb = NOTEBOOKS[0]
+def test_full_profiles_use_at_least_five_seeds_where_seeds_exist(stem):
+    given = yaml.safe_load((ROOT / "params" / "full" / f"{stem}.yaml").read_text())
+    defaults = pm.inspect_notebook(str(ROOT / "notebooks" / f"{stem}.ipynb"))
+    if "seeds" in defaults:
+        assert len(given.get("seeds", [])) >= 5, f"{stem}: the full profile needs >= 5 seeds"
+        assert len(eval(defaults["seeds"]["default"])) >= 3  # noqa: S307 - our own literal
+
+
+@pytest.mark.parametrize(
+    ("prefix", "params", "message"),
+    [
+        ("01", {"profile": "gpu"}, "profile must be one of"),
+        ("01", {"k_values": [0, 4]}, "k_values entry must be >= 2"),
+        ("01", {"n_group": 200}, "unknown parameter(s) ['n_group']"),
+        ("01", {"seed": 1.5}, "seed must be an integer"),
+        ("02", {"spreads": [float("nan")]}, "spreads entry must be finite"),
+        ("02", {"seeds": [0, 1]}, "seeds must hold at least 3 entries"),
+        ("03", {"context_answers": 0}, "context_answers must be >= 2"),
+        ("03", {"lr": float("inf")}, "lr must be finite"),
+        ("04", {"match_j1": float("inf")}, "match_j1 must be finite"),
+        ("04", {"grid_file": 3}, "grid_file must be a string"),
+        ("07", {"profile": "gpu"}, "profile must be one of"),
+    ],
+)
+def test_bad_parameters_fail_in_the_validation_cell(tmp_path, prefix, params, message):
+    nb = notebook(prefix)
     with pytest.raises(pm.PapermillExecutionError) as err:
         pm.execute_notebook(
             str(nb),
@@ -66,8 +101,27 @@ def test_bad_parameters_fail_in_the_validation_cell(tmp_path, params, message):
             cwd=str(nb.parent),
             kernel_name="python3",
         )
-    assert err.value.ename == "ValueError" and message in err.value.evalue
+    assert err.value.ename == "ValueError" and message in err.value.evalue, err.value.evalue
     assert err.value.exec_count <= 3  # parameters, injected parameters, validation
+
+
+def test_progress_bars_stay_out_of_outputs_under_tqdm_disable(tmp_path, monkeypatch):
+    """tqdm.auto's notebook bar ignores TQDM_DISABLE; companion.repro.progress honours it."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from companion.repro import progress\nfor _ in progress(range(3), desc='x'):\n    pass"
+        ),
+        nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(3)):\n    pass"),
+    ]
+    src = tmp_path / "bars.ipynb"
+    nbformat.write(nb, src)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    pm.execute_notebook(str(src), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                        progress_bar=False)  # fmt: skip
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.cells[0].outputs == []  # ours: nothing stored
+    assert out.cells[1].outputs != []  # the control: plain tqdm.auto does leak a widget
 
 
 def _run_nbval(path: Path) -> subprocess.CompletedProcess:
@@ -127,28 +181,41 @@ def test_nbval_markers_are_well_formed(nb):
                 assert line.strip() in MARKERS, f"malformed nbval marker: {line!r}"
 
 
-def test_notebook_06_variant_is_a_working_objective():
-    """The variant written in notebook 06 registers, validates and is zero without a success."""
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_ends_with_computed_verdicts(nb):
+    """The last code cell records the claims, built from verdicts.Decision objects
+    (claims.from_decision), never a Claim with a verdict typed by hand."""
+    cells = ["".join(c["source"]) for c in code_cells(nb)]
+    assert "claims.record(" in cells[-1]
+    assert any("claims.from_decision(" in c for c in cells)
+    assert not any("claims.Claim(" in c for c in cells), f"{nb.name} builds a Claim by hand"
+
+
+def test_notebook_06_variant_is_a_working_objective_equal_to_the_library_one():
+    """The variant written in notebook 06 registers, validates, is zero without a success, and
+    equals the library's `unlikeliness` rule."""
     import torch
 
     from companion import objectives
 
-    nb = next(p for p in NOTEBOOKS if p.stem.startswith("06"))
+    nb = notebook("06")
     source = next(
         "".join(c["source"])
         for c in code_cells(nb)
         if "@objectives.register" in "".join(c["source"])
     )
-    namespace = {"beta_rank": 0.25}
-    exec(compile(source, str(nb), "exec"), namespace)
+    namespace = {"beta_rank": 0.25, "seed": 0}
+    exec(compile(source, str(nb), "exec"), namespace)  # noqa: S102 - our own notebook's cell
     try:
-        obj = objectives.get("unlikeliness")
+        obj = objectives.get("my_unlikeliness")
         rewards = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
         logprobs = torch.log(torch.tensor([[0.4, 0.1, 0.2, 0.3], [0.4, 0.1, 0.2, 0.3]]))
         w = obj.weights(rewards, 2, logprobs=logprobs)
         assert torch.count_nonzero(w[1]) == 0  # Situation I
         assert w[0, 1] > w[0, 0] > 0 > w[0, 2]  # the less likely correct rollout gets more
-        with pytest.raises(ValueError, match="needs logprobs"):
+        lib = objectives.get("unlikeliness", beta=0.25).weights(rewards, 2, logprobs=logprobs)
+        torch.testing.assert_close(w, lib)
+        with pytest.raises(ValueError, match="logprobs"):
             obj.weights(rewards, 2)
     finally:
-        objectives.unregister("unlikeliness")
+        objectives.unregister("my_unlikeliness")

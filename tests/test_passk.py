@@ -177,3 +177,11 @@ def test_n_for_signal_is_smallest(p, prob):
     assert 1 - (1 - p) ** n >= prob - 1e-12
     if n > 1:
         assert 1 - (1 - p) ** (n - 1) < prob + 1e-12
+
+
+@pytest.mark.parametrize("n", [2**63, 2**64 + 5, 10**30])
+def test_integers_beyond_int64_are_refused_with_the_right_message(n):
+    with pytest.raises(ValueError, match="n is too large"):
+        passk.pass_at_k_unbiased(n, 1, 1)
+    with pytest.raises(ValueError, match="c is too large"):
+        passk.pass_at_k_unbiased(5, n, 1)

@@ -1,23 +1,40 @@
-"""results/claims.csv: one row per claim checked, written by the notebook that checks it.
+"""Claims: one row per claim checked, written by the notebook that checks it.
 
-Columns: id, claim, paper, notebook, figure, measured, holds. `holds` is "yes", "no" or
-"partly", and must be computed from the notebook's own numbers, never typed by hand.
-Rows are keyed by (notebook, id): re-running a notebook replaces its rows and leaves the others.
+Each notebook owns one file, ``results/claims/<notebook>.csv``, so notebooks that run at the same
+time (``make nbval`` runs two) never write the same file; ``report`` and ``html`` merge them.
+
+Columns: id, claim, paper, notebook, kind, measured, verdict, seeds, interval, figure.
+
+* ``kind``: ``identity`` (true by algebra: checking it verifies our code), ``numerical`` (an exact
+  or deterministic computation) or ``empirical`` (sampled runs).
+* ``verdict``: ``holds``, ``fails``, ``partly`` or ``inconclusive``, computed by
+  :mod:`companion.verdicts` from the notebook's own numbers, never typed by hand.
+* ``seeds``: how many independent seeds stand behind the row; ``interval``: the 95% interval of the
+  statistic that decides it. Empirical rows need at least 3 seeds and an interval.
+* ``paper``: what arXiv 2511.16231 itself states (e.g. "Thm 3.1"), or "raised by the companion:
+  ...", "beyond the paper: ...", or another paper's citation.
+
+Rows are keyed by (notebook, id): re-running a notebook replaces its rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
+import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .atomic import atomic_write_text
 from .repro import results_dir
+from .verdicts import KINDS, MIN_SEEDS, VERDICTS, Decision
 
-__all__ = ["Claim", "verdict", "record", "read"]
+__all__ = ["Claim", "COLUMNS", "from_decision", "record", "read", "read_all", "claims_dir"]
 
-VERDICTS = ("yes", "no", "partly")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -28,46 +45,127 @@ class Claim:
     claim: str
     paper: str
     notebook: str
+    kind: str
     measured: str
-    holds: str
+    verdict: str
+    seeds: int = 0
+    interval: str = ""
     figure: str = ""
 
     def __post_init__(self) -> None:
-        if self.holds not in VERDICTS:
-            raise ValueError(f"holds must be one of {VERDICTS}, got {self.holds!r}")
         if not self.id or not self.notebook:
             raise ValueError("a claim needs an id and a notebook")
+        for name in ("id", "notebook"):
+            if not _NAME.match(getattr(self, name)):
+                raise ValueError(
+                    f"claim {name} {getattr(self, name)!r}: letters, digits, _ . - only"
+                )
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        seeds = int(self.seeds)
+        object.__setattr__(self, "seeds", seeds)
+        if seeds < 0:
+            raise ValueError(f"seeds must be >= 0, got {seeds}")
+        if self.kind == "empirical":
+            if seeds < MIN_SEEDS:
+                raise ValueError(f"claim {self.id}: an empirical claim needs >= {MIN_SEEDS} seeds")
+            if not self.interval:
+                raise ValueError(f"claim {self.id}: an empirical claim needs its interval")
+        elif self.verdict == "inconclusive":
+            raise ValueError(f"claim {self.id}: a {self.kind} check holds or fails")
 
 
 COLUMNS = [f.name for f in fields(Claim)]
 
 
-def verdict(ok: bool | None, partly: bool = False) -> str:
-    """Map a computed check to the `holds` column: True -> yes, False -> no (partly -> partly)."""
-    if partly:
-        return "partly"
-    return "yes" if ok else "no"
+def from_decision(
+    id: str,
+    claim: str,
+    paper: str,
+    notebook: str,
+    decision: Decision,
+    measured: str = "",
+    figure: str = "",
+) -> Claim:
+    """A Claim whose kind, verdict, seeds and interval come from a verdicts.Decision.
+    `measured` defaults to the decision's own description."""
+    return Claim(
+        id=id,
+        claim=claim,
+        paper=paper,
+        notebook=notebook,
+        kind=decision.kind,
+        measured=measured or decision.describe(),
+        verdict=decision.verdict,
+        seeds=decision.seeds,
+        interval=decision.interval,
+        figure=figure,
+    )
 
 
-def read(path: Path | None = None) -> list[Claim]:
-    """All claims in results/claims.csv (empty list if none yet)."""
-    path = path or results_dir() / "claims.csv"
+def claims_dir(results: Path | None = None) -> Path:
+    """results/claims/ (one CSV per notebook)."""
+    return (results or results_dir()) / "claims"
+
+
+def read(path: Path) -> list[Claim]:
+    """The claims of one CSV file (empty list if it does not exist).
+    Raises ValueError naming the file if it is not a claims file."""
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return [Claim(**{c: row.get(c, "") for c in COLUMNS}) for row in csv.DictReader(f)]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = set(COLUMNS) - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"missing columns {sorted(missing)}")
+            return [Claim(**{c: row[c] for c in COLUMNS}) for row in reader]
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(
+            f"{path} is not a valid claims file ({err}); delete it and rerun"
+        ) from None
 
 
-def record(claims: list[Claim], path: Path | None = None) -> Path:
-    """Upsert `claims` into claims.csv atomically, keyed by (notebook, id); returns the path."""
-    path = path or results_dir() / "claims.csv"
-    keys = {(c.notebook, c.id) for c in claims}
-    if len(keys) != len(claims):
-        raise ValueError("duplicate (notebook, id) among the claims recorded together")
-    rows = [c for c in read(path) if (c.notebook, c.id) not in keys] + list(claims)
-    rows.sort(key=lambda c: (c.notebook, c.id))
+def read_all(results: Path | None = None) -> list[Claim]:
+    """Every notebook's claims under results/claims/, sorted by (notebook, id)."""
+    rows = [c for p in sorted(claims_dir(results).glob("*.csv")) for c in read(p)]
+    return sorted(rows, key=lambda c: (c.notebook, c.id))
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write(path: Path, rows: list[Claim]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(asdict(c) for c in rows)
-    return atomic_write_text(path, buf.getvalue())
+    writer.writerows(asdict(c) for c in sorted(rows, key=lambda c: c.id))
+    atomic_write_text(path, buf.getvalue())
+
+
+def record(claims: list[Claim], results: Path | None = None) -> list[Path]:
+    """Upsert `claims` into results/claims/<notebook>.csv (atomically, one file per notebook,
+    under a lock), keyed by (notebook, id). Returns the files written."""
+    keys = [(c.notebook, c.id) for c in claims]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate (notebook, id) among the claims recorded together")
+    folder = claims_dir(results)
+    written = []
+    with _locked(folder):
+        for notebook in sorted({c.notebook for c in claims}):
+            path = folder / f"{notebook}.csv"
+            new = [c for c in claims if c.notebook == notebook]
+            ids = {c.id for c in new}
+            _write(path, [c for c in read(path) if c.id not in ids] + new)
+            written.append(path)
+    return written

@@ -1,11 +1,17 @@
-"""Command line: `python -m companion train ...` (and `companion train ...` once installed).
+"""Command line: `python -m companion <command>` (and `companion <command>` once installed).
 
-    python -m companion train --objective pkpo --k 8 --sampler iid --entropy 0.01 \\
+    python -m companion train --objective pkpo_loo --k 8 --sampler iid --entropy 0.01 \\
         --profile ci --out runs/x
+    python -m companion sweep sweeps/smoke.yaml --backend local --workers 2 --out runs/grid
+    python -m companion reproduce --profile ci --nb "01 04" --results results
+    python -m companion report --results results
+    python -m companion html --results results
 
-Pretrains the profile's base model once (cached at <out>/base.pt, or --base PATH to share one),
-then runs RL; metrics.csv, checkpoint.pt and timings.json go to --out. Re-running the same command
-resumes from the checkpoint; --fresh starts over.
+`train` pretrains the profile's base once (cached at <out>/base.pt, or --base PATH to share one;
+a named base of another configuration is never overwritten), then runs RL; metrics.csv,
+prompts.csv, checkpoint.pt and timings.json go to --out. Re-running the same command resumes from
+the checkpoint; --fresh starts over. Every value is checked before any work starts; errors are
+one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,95 +19,151 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
-import torch
+__all__ = ["main"]
 
-from . import objectives, train
+# commands that need neither torch nor the model (parsed without importing them: fast)
+LIGHT = ("reproduce", "execute", "report", "html")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _light_parsers(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("reproduce", help="execute notebooks into a results folder (make reproduce)")
+    r.add_argument("--profile", default="ci")
+    r.add_argument("--nb", default="", help='notebook prefixes, e.g. "01 04" (default: all)')
+    r.add_argument("--results", default="results")
+    e = sub.add_parser("execute", help="regenerate the stored notebook outputs (make execute)")
+    e.add_argument("--nb", default="", help="notebook prefixes (default: all)")
+    rep = sub.add_parser("report", help="build REPORT.md from results/claims/ and print it")
+    rep.add_argument("--results", default=None, help="results folder (default: results/)")
+    h = sub.add_parser("html", help="render the results folder into a static site (results/site)")
+    h.add_argument("--results", default=None, help="results folder (default: results/)")
+
+
+def _parser(light_only: bool = False) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="companion", description="pass@k companion")
     sub = ap.add_subparsers(dest="command", required=True)
+    if light_only:
+        _light_parsers(sub)
+        return ap
+    from . import objectives, train
+
     t = sub.add_parser("train", help="pretrain (cached) then RL with one objective variant")
-    t.add_argument("--objective", default="pkpo", help=f"one of: {', '.join(objectives.names())}")
+    t.add_argument("--objective", default="pass1_reinforce", help=", ".join(objectives.names()))
     t.add_argument("--k", type=int, default=None, help="k of pass@k objectives")
     t.add_argument("--n", type=int, default=None, help="rollouts per prompt")
-    t.add_argument("--sampler", default="iid", choices=train.SAMPLERS)
-    t.add_argument("--entropy", type=float, default=0.0, help="token-entropy bonus coefficient")
+    t.add_argument("--sampler", default="iid", choices=objectives.SAMPLERS)
+    t.add_argument("--entropy", type=_finite, default=0.0, help="token-entropy bonus coefficient")
     t.add_argument("--steps", type=int, default=None, help="RL steps (default: the profile's)")
-    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--lr", type=_finite, default=None)
+    t.add_argument("--optimizer", default=None, choices=train.OPTIMIZERS)
+    t.add_argument("--grad-clip", type=_finite, default=None, help="0: never clip")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--profile", default="ci", help=f"one of: {', '.join(sorted(train.PROFILES))}")
-    t.add_argument("--out", required=True, help="output folder")
-    t.add_argument(
-        "--base", default=None, help="pretrained base checkpoint (default <out>/base.pt)"
-    )
-    t.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    t.add_argument("--out", required=True, help="output folder (one run at a time)")
+    t.add_argument("--base", default=None, help="pretrained base file (default <out>/base.pt)")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    t.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads")
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
-    r = sub.add_parser("report", help="build REPORT.md from claims.csv and print it")
-    r.add_argument("--claims", default=None, help="claims.csv (default: results/claims.csv)")
-    h = sub.add_parser("html", help="render results/ into a static site (results/site)")
-    h.add_argument("--results", default=None, help="results folder (default: results/)")
+
+    s = sub.add_parser("sweep", help="run a grid of train runs (local processes or Ray)")
+    s.add_argument("grid", help="grid file (YAML): profile, overrides, grid")
+    s.add_argument("--backend", default="local", choices=("local", "ray"))
+    s.add_argument("--workers", type=_positive_int, default=1, help="parallel trials")
+    s.add_argument("--out", required=True, help="sweep folder (trial folders, results.csv)")
+    s.add_argument("--address", default=None, help="Ray cluster address (else $RAY_ADDRESS)")
+    s.add_argument("--gpus-per-trial", type=_finite, default=None, help="ray: fractional GPUs")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    _light_parsers(sub)
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "html":
-        from .repro import results_dir
-        from .site import build_site
+def _device(name: str | None) -> str | None:
+    import torch
 
-        try:
-            index = build_site(Path(args.results) if args.results else results_dir())
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"site: {index}")
-        return 0
-    if args.command == "report":
-        from .report import build
-
-        try:
-            path = build(Path(args.claims) if args.claims else None)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(path.read_text())
-        return 0
+    if name is None:
+        return None
     try:
-        profile = train.get_profile(args.profile)
-        overrides = {
-            k: v
-            for k, v in {"k": args.k, "n": args.n, "steps": args.steps, "lr": args.lr}.items()
-            if v is not None
-        }
-        cfg = dataclasses.replace(
-            profile.rl,
-            objective=args.objective,
-            sampler=args.sampler,
-            entropy=args.entropy,
-            seed=args.seed,
-            device=args.device,
-            **overrides,
-        )
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    base = train.load_or_pretrain(
-        profile, args.base or out / "base.pt", args.device, progress=not args.quiet
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import checkpoint, train
+
+    profile = train.get_profile(args.profile)
+    overrides = {
+        key: value
+        for key, value in {
+            "k": args.k,
+            "n": args.n,
+            "steps": args.steps,
+            "lr": args.lr,
+            "optimizer": args.optimizer,
+            "grad_clip": args.grad_clip,
+        }.items()
+        if value is not None
+    }
+    cfg = dataclasses.replace(
+        profile.rl,
+        objective=args.objective,
+        sampler=args.sampler,
+        entropy=args.entropy,
+        seed=args.seed,
+        device=_device(args.device),
+        **overrides,
     )
-    t1 = time.perf_counter()
-    task = train.build_task(profile.task)
-    df = train.train_rl(base, task, cfg, out, fresh=args.fresh, progress=not args.quiet)
-    t2 = time.perf_counter()
+    out = checkpoint.writable_dir(args.out, "--out")
+    if args.base is not None and Path(args.base).is_dir():
+        raise ValueError(f"--base {args.base} is a folder; name a file")
+    torch.set_num_threads(args.threads)
+    with checkpoint.exclusive(out):
+        t0 = time.perf_counter()
+        base = train.load_or_pretrain(
+            profile,
+            args.base or out / "base.pt",
+            cfg.device,
+            progress=not args.quiet,
+            owned=args.base is None,
+            fresh=args.fresh,
+        )
+        t1 = time.perf_counter()
+        task = train.build_task(profile.task)
+        df = train.train_rl(base, task, cfg, out, fresh=args.fresh, progress=not args.quiet)
+        t2 = time.perf_counter()
     summary = {
         "pretrain_s": round(t1 - t0, 2),
         "rl_s": round(t2 - t1, 2),
@@ -115,6 +177,75 @@ def main(argv: list[str] | None = None) -> int:
         summary["rollout_tokens_per_s"] = round(tm["rollout_tokens"] / max(tm["sample"], 1e-9), 1)
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    grid = sweep.load_grid(args.grid)
+    result = sweep.run(
+        grid,
+        out=args.out,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        gpus_per_trial=args.gpus_per_trial,
+        progress=not args.quiet,
+    )
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def _notebooks(args: argparse.Namespace) -> int:
+    from .reproduce import execute, reproduce
+
+    try:
+        if args.command == "reproduce":
+            print(reproduce(args.profile, args.nb, args.results).read_text())
+        else:
+            execute(args.nb)
+    except Exception as err:  # papermill is imported lazily, so match its error by name
+        if type(err).__name__ != "PapermillExecutionError":
+            raise
+        print(
+            f"error: a notebook failed in cell {err.exec_count}: {err.ename}: {err.evalue}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    light = bool(argv) and argv[0] in LIGHT
+    args = _parser(light_only=light).parse_args(argv)
+    errors: tuple[type[Exception], ...] = (ValueError,)
+    if not light:
+        from .checkpoint import RunLockedError
+
+        errors = (ValueError, RunLockedError)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command in ("reproduce", "execute"):
+            return _notebooks(args)
+        from .repro import results_dir
+
+        results = Path(args.results) if args.results else results_dir()
+        if args.command == "report":
+            from .report import build
+
+            print(build(results).read_text())
+            return 0
+        from .site import build_site
+
+        print(f"site: {build_site(results)}")
+        return 0
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

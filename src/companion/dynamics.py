@@ -11,23 +11,29 @@ for prompt x with J_1 = J_1(x):
 
 Tabular policies take z <- z + lr u. Contextual policies (companion.contextual) take
 W <- W + lr (1/P) sum_x phi(x) u(x)^T, the chain rule through logits = phi^T W + b.
+
+Tabular prompts do not share parameters, so independent replicates (seeds) can be stacked as
+groups of prompts in one run (`group`): the history then has one row per group and step.
+Objectives are compared at equal progress with :func:`at_matched` (the value of a metric where a
+run first reaches a given J_1), never at equal step counts.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from . import objectives
 from .contextual import ContextualPolicy
 from .exact import check_policy, grad_j1, pass_at_k, success_prob
 from .harness import WeightProfile, group_estimates, weight_profile
 from .passk import alpha_k
+from .repro import progress
 
 __all__ = [
     "entropy",
@@ -39,6 +45,14 @@ __all__ = [
     "train_contextual",
     "multimodal_tabular",
     "late_slope",
+    "at_matched",
+    "matched_table",
+    "per_prompt_at",
+    "matched_difference",
+    "matched_difference_per_prompt",
+    "matched_change",
+    "entropy_fixed_point",
+    "entropy_stationary_point",
 ]
 
 MODES = ("exact", "sampled")
@@ -59,11 +73,17 @@ def grad_entropy(logits: Tensor) -> Tensor:
 
 
 def policy_metrics(
-    logits: Tensor, correct: Tensor, ks: list[int], mode_threshold: float = 0.01
+    logits: Tensor,
+    correct: Tensor,
+    ks: list[int],
+    mode_threshold: float = 0.01,
+    rare: Tensor | None = None,
 ) -> dict[str, float]:
     """Prompt-averaged J_1, J_k, the gap J_k - J_1 and alpha_k for each k, the mass on the
     most probable correct answer, the number of correct answers holding >= mode_threshold of
-    the mass, the policy entropy, and the entropy of the renormalised correct distribution."""
+    the mass, the policy entropy, the entropy H_c of the renormalised correct distribution and
+    the effective number of correct modes exp(H_c); with a `rare` mask (P, m), the mass on those
+    (correct) answers ("rare_mass") and their share of the correct mass ("rare_share")."""
     pi = torch.softmax(logits, -1)
     j1 = success_prob(logits, correct)
     out: dict[str, float] = {"J1": float(j1.mean())}
@@ -77,7 +97,12 @@ def policy_metrics(
     out["modes"] = float((pc >= mode_threshold).sum(1).to(torch.float64).mean())
     out["entropy"] = float(entropy(logits).mean())
     q = pc / pc.sum(1, keepdim=True)
-    out["correct_entropy"] = float(-(q * torch.log(q.clamp_min(1e-300))).sum(1).mean())
+    h_c = -(q * torch.log(q.clamp_min(1e-300))).sum(1)
+    out["correct_entropy"] = float(h_c.mean())
+    out["modes_eff"] = float(h_c.exp().mean())
+    if rare is not None:
+        out["rare_mass"] = float((pi * rare).sum(1).mean())
+        out["rare_share"] = float((q * rare).sum(1).mean())
     return out
 
 
@@ -94,6 +119,7 @@ class TrainConfig:
     entropy: float = 0.0  # entropy bonus coefficient beta
     ks: tuple[int, ...] = (1, 4, 16, 64)  # pass@k tracked in the metrics
     record_every: int = 10
+    record_first: int = 0  # also record every step before this one (fast early dynamics)
     seed: int = 0
     params: dict = field(default_factory=dict)  # extra objective parameters (e.g. beta)
 
@@ -116,13 +142,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TabularRun:
-    """history: one row per recorded step; first_signal: per prompt, the first step whose
-    objective update (without the entropy bonus) was nonzero, or -1 if none."""
+    """history: one row per recorded step (and group); first_signal: per prompt, the first step
+    whose objective update (without the entropy bonus) was nonzero, or -1 if none; traces: per
+    prompt values at the recorded steps, "step" (T,) and "J1", "modes_eff", "rare_share" (T, P)."""
 
     config: TrainConfig
     history: pd.DataFrame
     logits: Tensor
     first_signal: Tensor
+    traces: dict = field(default_factory=dict)
 
 
 def _objective_update(
@@ -140,7 +168,34 @@ def _objective_update(
     return group_estimates(obj, logits, correct, cfg.n, cfg.k, 1, gen)[:, 0]
 
 
-def _run(cfg: TrainConfig, correct: Tensor, logits_fn, apply_update, desc: str) -> TabularRun:
+def _record(
+    step: int,
+    logits: Tensor,
+    correct: Tensor,
+    cfg: TrainConfig,
+    group: Tensor | None,
+    rare: Tensor | None,
+) -> list[dict]:
+    if group is None:
+        return [{"step": step, **policy_metrics(logits, correct, list(cfg.ks), rare=rare)}]
+    rows = []
+    for g in torch.unique(group).tolist():
+        sel = group == g
+        sub_rare = None if rare is None else rare[sel]
+        m = policy_metrics(logits[sel], correct[sel], list(cfg.ks), rare=sub_rare)
+        rows.append({"step": step, "group": g, **m})
+    return rows
+
+
+def _run(
+    cfg: TrainConfig,
+    correct: Tensor,
+    logits_fn,
+    apply_update,
+    desc: str,
+    group: Tensor | None = None,
+    rare: Tensor | None = None,
+) -> TabularRun:
     obj = objectives.get(cfg.objective, **cfg.params)
     if obj.stochastic:
         obj.generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -148,10 +203,14 @@ def _run(cfg: TrainConfig, correct: Tensor, logits_fn, apply_update, desc: str) 
     gen = torch.Generator().manual_seed(cfg.seed)
     first = torch.full((correct.shape[0],), -1, dtype=torch.long)
     rows = []
-    for step in tqdm(range(cfg.steps + 1), desc=desc, leave=False):
+    traces: dict[str, list] = {"step": [], "J1": [], "modes_eff": [], "rare_share": []}
+    for step in progress(range(cfg.steps + 1), desc=desc, leave=False):
         logits = logits_fn()
-        if step % cfg.record_every == 0 or step == cfg.steps:
-            rows.append({"step": step, **policy_metrics(logits, correct, list(cfg.ks))})
+        if step % cfg.record_every == 0 or step == cfg.steps or step < cfg.record_first:
+            rows.extend(_record(step, logits, correct, cfg, group, rare))
+            for name, value in _prompt_trace(logits, correct, rare).items():
+                traces[name].append(value)
+            traces["step"].append(step)
         if step == cfg.steps:
             break
         u = _objective_update(cfg, obj, profile, logits, correct, gen)
@@ -160,19 +219,49 @@ def _run(cfg: TrainConfig, correct: Tensor, logits_fn, apply_update, desc: str) 
         if cfg.entropy > 0:
             u = u + cfg.entropy * grad_entropy(logits)
         apply_update(u)
-    return TabularRun(cfg, pd.DataFrame(rows), logits_fn(), first)
+    stacked = {
+        name: torch.tensor(v) if name == "step" else torch.stack(v)
+        for name, v in traces.items()
+        if v
+    }
+    return TabularRun(cfg, pd.DataFrame(rows), logits_fn(), first, stacked)
 
 
-def train_tabular(logits0: Tensor, correct: Tensor, cfg: TrainConfig) -> TabularRun:
-    """Gradient ascent on tabular logits (P, m) with the update of the module docstring."""
+def _prompt_trace(logits: Tensor, correct: Tensor, rare: Tensor | None) -> dict[str, Tensor]:
+    """Per prompt: J_1, exp of the correct-mass entropy, and the rare answers' share of it."""
+    pi = torch.softmax(logits, -1)
+    pc = pi * correct
+    j1 = pc.sum(1)
+    q = pc / j1[:, None]
+    out = {"J1": j1, "modes_eff": (-(q * torch.log(q.clamp_min(1e-300))).sum(1)).exp()}
+    if rare is not None:
+        out["rare_share"] = (q * rare).sum(1)
+    return out
+
+
+def train_tabular(
+    logits0: Tensor,
+    correct: Tensor,
+    cfg: TrainConfig,
+    group: Tensor | None = None,
+    rare: Tensor | None = None,
+) -> TabularRun:
+    """Gradient ascent on tabular logits (P, m) with the update of the module docstring.
+
+    group (P,) int: replicate of each prompt (metrics are then recorded per group); rare (P, m)
+    bool: answers whose mass is tracked (policy_metrics)."""
     check_policy(logits0, correct)
+    if group is not None and group.shape != (logits0.shape[0],):
+        raise ValueError(f"group must have shape ({logits0.shape[0]},), got {tuple(group.shape)}")
+    if rare is not None and rare.shape != correct.shape:
+        raise ValueError("rare must have the shape of correct")
     state = {"z": logits0.detach().to(torch.float64).clone()}
 
     def apply(u: Tensor) -> None:
         state["z"] = state["z"] + cfg.lr * u
 
     desc = f"{cfg.objective} ({cfg.mode}, entropy {cfg.entropy:g})"
-    return _run(cfg, correct, lambda: state["z"], apply, desc)
+    return _run(cfg, correct, lambda: state["z"], apply, desc, group, rare)
 
 
 def train_contextual(
@@ -192,13 +281,20 @@ def train_contextual(
 
 
 def multimodal_tabular(
-    n_prompts: int, m: int, mode_logits: list[float], seed: int = 0, wrong_scale: float = 1.0
+    n_prompts: int,
+    m: int,
+    mode_logits: list[float],
+    seed: int = 0,
+    wrong_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Prompts with len(mode_logits) correct modes of unequal prior mass (their logits, plus small
-    noise) among m answers; the wrong answers get N(0, wrong_scale^2) logits.
+    noise) among m answers; the wrong answers get N(0, wrong_scale^2) logits. A very negative
+    mode logit makes a correct answer that starts rare (an undiscovered mode).
     Returns (logits, correct)."""
-    if len(mode_logits) >= m:
-        raise ValueError("need fewer correct modes than answers")
+    if not mode_logits or len(mode_logits) >= m:
+        raise ValueError("need at least one correct mode and fewer correct modes than answers")
+    if not all(math.isfinite(v) for v in mode_logits):
+        raise ValueError("mode_logits must be finite")
     g = torch.Generator().manual_seed(seed)
     logits = wrong_scale * torch.randn(n_prompts, m, generator=g, dtype=torch.float64)
     modes = torch.tensor(mode_logits, dtype=torch.float64)
@@ -217,3 +313,152 @@ def late_slope(steps: np.ndarray, values: np.ndarray, start_fraction: float = 0.
     if keep.sum() < 2:
         raise ValueError("not enough positive points to fit a slope")
     return float(np.polyfit(np.log(steps[keep]), np.log(values[keep]), 1)[0])
+
+
+def at_matched(history: pd.DataFrame, target: float, column: str, by: str = "J1") -> float:
+    """`column` where the run first reaches `by` >= target, linearly interpolated between the two
+    recorded steps around the crossing (NaN if the run never reaches it; the first row if it starts
+    there). Comparing runs at matched J_1 removes the speed difference between objectives."""
+    x = history[by].to_numpy(dtype=float)
+    y = history[column].to_numpy(dtype=float)
+    hit = np.flatnonzero(x >= target)
+    if len(hit) == 0:
+        return math.nan
+    i = int(hit[0])
+    if i == 0 or x[i] == x[i - 1]:
+        return float(y[i])
+    w = (target - x[i - 1]) / (x[i] - x[i - 1])
+    return float(y[i - 1] + w * (y[i] - y[i - 1]))
+
+
+def matched_table(
+    history: pd.DataFrame, levels: list[float], columns: list[str], by: str = "J1"
+) -> pd.DataFrame:
+    """One row per (group, level): each of `columns` at matched `by` = level (:func:`at_matched`),
+    NaN where that group's run never reached the level. Works with and without a "group" column."""
+    groups = history.groupby("group") if "group" in history else [(0, history)]
+    rows = []
+    for g, part in groups:
+        part = part.sort_values("step")
+        for level in levels:
+            row = {"group": g, "level": level}
+            row.update({c: at_matched(part, level, c, by) for c in columns})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def entropy_fixed_point(
+    omega, n_correct: int, n_wrong: int, beta: float, tol: float = 1e-13
+) -> float:
+    """J_1 at a stationary point of the exact update omega(J_1) grad J_1 + beta grad H on one
+    tabular prompt with n_correct correct and n_wrong wrong answers.
+
+    Stationarity, pi (omega (r - J_1)) = beta pi (log pi + H), gives log pi_a = omega r_a / beta +
+    const, so J_1 solves the fixed point
+
+        J_1 = n_c e^{omega(J_1)/beta} / (n_c e^{omega(J_1)/beta} + n_w),
+
+    found by bisection on (0, 1). For pass@1 (omega = 1) this is pi ~ exp(r / beta). For omega
+    non-increasing in J_1 (alpha_k), the right side is non-increasing and the root is unique."""
+    if not (beta > 0 and math.isfinite(beta)):
+        raise ValueError(f"beta must be finite and > 0, got {beta}")
+    if n_correct < 1 or n_wrong < 1:
+        raise ValueError("need n_correct >= 1 and n_wrong >= 1")
+
+    def rhs(j1: float) -> float:
+        a = float(omega(j1)) / beta
+        return 1.0 / (1.0 + n_wrong / n_correct * math.exp(-a))  # n_c e^a / (n_c e^a + n_w)
+
+    lo, hi = 1e-15, 1 - 1e-15
+    if rhs(hi) >= hi:  # the root lies within 1e-15 of 1 (float64 cannot resolve it further)
+        return rhs(hi)
+    if rhs(lo) <= lo:
+        raise ValueError("no fixed point in (0, 1) for this omega")
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if rhs(mid) > mid else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def entropy_stationary_point(
+    objective: str, n: int, k: int, beta: float, n_correct: int, n_wrong: int
+) -> tuple[float, float]:
+    """The J_1 predicted by :func:`entropy_fixed_point` for the exact update of `objective` (its
+    omega from harness.weight_profile, as training uses it) with entropy coefficient beta, and the
+    largest |update| of that exact update at the predicted policy pi ~ exp(omega(J_1*) r / beta),
+    which is 0 (to round-off) when the prediction is a stationary point."""
+    profile = weight_profile(objectives.get(objective), n, k)
+
+    def omega(p: float) -> float:
+        clamped = min(max(p, _P_CLAMP), 1 - _P_CLAMP)
+        return float(profile.omega(torch.tensor([clamped], dtype=torch.float64))[0])
+
+    j1_star = entropy_fixed_point(omega, n_correct, n_wrong, beta)
+    correct = torch.zeros(1, n_correct + n_wrong, dtype=torch.bool)
+    correct[0, :n_correct] = True
+    z = (omega(j1_star) / beta) * correct.to(torch.float64)
+    j1 = success_prob(z, correct).clamp(_P_CLAMP, 1 - _P_CLAMP)
+    u = profile.omega(j1)[:, None] * grad_j1(z, correct) + beta * grad_entropy(z)
+    return j1_star, float(u.abs().max())
+
+
+def per_prompt_at(run: TabularRun, levels: list[float], column: str) -> Tensor:
+    """(L, P): for each level and prompt, `column` (a trace: "modes_eff", "rare_share", "J1")
+    where that prompt's J_1 first reaches the level, linearly interpolated between recorded steps
+    (the value at step 0 if it starts there); NaN where the prompt never reaches it. Tabular
+    prompts are independent, so this is the per-prompt notion of equal progress."""
+    j1 = run.traces["J1"]  # (T, P)
+    values = run.traces[column]
+    out = torch.full((len(levels), j1.shape[1]), math.nan, dtype=torch.float64)
+    for li, level in enumerate(levels):
+        crossed = j1 >= level
+        reached = crossed.any(0)
+        idx = crossed.to(torch.int64).argmax(0)  # first crossing (0 if none: masked below)
+        prev = (idx - 1).clamp_min(0)
+        cols = torch.arange(j1.shape[1])
+        x1, x0 = j1[idx, cols], j1[prev, cols]
+        y1, y0 = values[idx, cols], values[prev, cols]
+        span = x1 - x0
+        w = torch.where(span > 0, (level - x0) / torch.where(span > 0, span, 1.0), 1.0)
+        interp = torch.where(idx == 0, y1, y0 + w * (y1 - y0))
+        out[li] = torch.where(reached, interp.to(torch.float64), out[li])
+    return out
+
+
+def matched_difference(
+    run_a: TabularRun, run_b: TabularRun, levels: list[float], column: str, group: Tensor
+) -> tuple[np.ndarray, list[float]]:
+    """Per group (replicate): the mean over (level, prompt) pairs that BOTH runs reach of
+    column(a) - column(b) at matched per-prompt J_1; and the levels that contributed."""
+    a, b = per_prompt_at(run_a, levels, column), per_prompt_at(run_b, levels, column)
+    both = ~(a.isnan() | b.isnan())
+    diff = torch.where(both, a - b, 0.0)
+    out = []
+    for g in torch.unique(group).tolist():
+        sel = both[:, group == g]
+        count = int(sel.sum())
+        out.append(float(diff[:, group == g].sum() / count) if count else math.nan)
+    used = [lv for li, lv in enumerate(levels) if bool(both[li].any())]
+    return np.asarray(out), used
+
+
+def matched_difference_per_prompt(
+    run_a: TabularRun, run_b: TabularRun, levels: list[float], column: str
+) -> tuple[np.ndarray, list[float]]:
+    """Per prompt: the mean over the levels that BOTH runs reach for that prompt of column(a) -
+    column(b) at matched J_1 (NaN where no level is shared); and the levels that contributed.
+    Tabular prompts are independent, so these are independent units for a bootstrap."""
+    a, b = per_prompt_at(run_a, levels, column), per_prompt_at(run_b, levels, column)
+    both = ~(a.isnan() | b.isnan())
+    count = both.sum(0)
+    total = torch.where(both, a - b, 0.0).sum(0)
+    per = torch.where(count > 0, total / count.clamp_min(1), torch.tensor(math.nan))
+    used = [lv for li, lv in enumerate(levels) if bool(both[li].any())]
+    return per.numpy(), used
+
+
+def matched_change(run: TabularRun, level: float, column: str) -> np.ndarray:
+    """Per prompt: column where the prompt reaches J_1 = level minus column at step 0 (NaN for
+    prompts that never reach it)."""
+    at = per_prompt_at(run, [level], column)[0]
+    return (at - run.traces[column][0].to(torch.float64)).numpy()

@@ -170,3 +170,32 @@ def orthogonal_part(g: Tensor, onto: Tensor) -> Tensor:
     """g minus its projection on `onto`, row by row: the part no reweighting can explain."""
     coef = (g * onto).sum(-1, keepdim=True) / (onto * onto).sum(-1, keepdim=True)
     return g - coef * onto
+
+
+def pass_at_k_latent(
+    logits: Tensor, correct: Tensor, temperatures: Tensor, mix: Tensor, k: int
+) -> tuple[Tensor, Tensor]:
+    """(J_1, J_k) per prompt when the k draws of a group share a latent temperature.
+
+    The latent l ~ mix is drawn once per group; given l, the k draws are i.i.d. from
+    softmax(z / tau_l) with success probability P_l. Then (exchangeable, not independent draws)
+
+        J_1 = sum_l mix_l P_l,     J_k = 1 - sum_l mix_l (1 - P_l)^k,
+        grad J_k = sum_l mix_l k (1 - P_l)^(k-1) grad P_l,
+
+    which is not a multiple of grad J_1 = sum_l mix_l grad P_l unless the P_l move together.
+    Differentiable in logits (use :func:`autograd`)."""
+    check_policy(logits, correct)
+    check_k(k)
+    temperatures = torch.as_tensor(temperatures, dtype=logits.dtype)
+    mix = torch.as_tensor(mix, dtype=logits.dtype)
+    if (
+        temperatures.ndim != 1
+        or temperatures.shape != mix.shape
+        or not bool((temperatures > 0).all())
+    ):
+        raise ValueError("temperatures and mix must be 1-D of the same length, temperatures > 0")
+    if bool((mix < 0).any()) or abs(float(mix.sum()) - 1) > 1e-9:
+        raise ValueError("mix must be a probability vector")
+    p_l = torch.stack([success_prob(logits / t, correct) for t in temperatures], -1)  # (P, L)
+    return (p_l * mix).sum(-1), 1 - ((1 - p_l) ** k * mix).sum(-1)

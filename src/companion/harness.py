@@ -1,20 +1,25 @@
 """The exact-gradient harness: how far is an objective's gradient estimate from the truth?
 
-On a tabular softmax policy (logits (P, m), correct (P, m)) the score of answer a is
-grad_z log pi(a) = e_a - pi, so one group's estimate is, without autograd,
+On a tabular softmax policy (logits (P, m), and `correct` (P, m): a boolean mask for a 0/1
+verifier, or real per-answer rewards) the score of answer a is grad_z log pi(a) = e_a - pi, so one
+group's estimate is, without autograd,
 
     g = sum_i w_i (e_{y_i} - pi) = scatter_add(w, y) - (sum_i w_i) pi          (P, m per group).
 
 `run` draws `groups` independent groups of n i.i.d. rollouts per prompt, and reports
-  * bias: the Monte Carlo mean against the exact gradient of the objective's `unbiased_for` target,
-    as z-scores z = (mean - exact) / stderr per coordinate. The tolerance is a Bonferroni bound:
-    the test passes if max |z| <= Phi^{-1}(1 - alpha / (2 d)) over the d coordinates with nonzero
+  * bias: the Monte Carlo mean against the exact gradient of the objective's `unbiased_for` target
+    (TARGETS: "pass@1" = E_pi[r]; "pass@k", 0/1 tables only; "max@k" = E[max of k rewards],
+    which is pass@k on a boolean table, by Theorem 3.1's closed form; "pass@k-swor"), as z-scores
+    z = (mean - exact) / stderr per coordinate. The tolerance is a Bonferroni bound: the test
+    passes if max |z| <= Phi^{-1}(1 - alpha / (2 d)) over the d coordinates with nonzero
     variance, i.e. an unbiased estimator fails with probability <= alpha (1e-3) under the CLT;
   * variance: the trace of the covariance of one group's estimate, averaged over prompts;
   * cosine of the mean estimate to grad J_1, and the weight multiple <mean, grad J_1>/|grad J_1|^2;
   * the fraction of groups whose estimate is exactly zero (Situation I and its relatives).
 
-`expected_weight_multiple` gives that multiple exactly, from the Binomial law of c.
+`expected_weight_multiple` gives that multiple exactly, from the Binomial law of c, and
+`exact_mean_estimate` the exact expectation of one group's estimate by enumerating every ordered
+n-tuple of answers (small m^n), a check with no sampling error.
 """
 
 from __future__ import annotations
@@ -28,14 +33,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import objectives
-from .exact import autograd, check_policy, cosine, grad_j1, grad_jk, pass_at_k_swor
+from . import maxk, objectives
+from .exact import autograd, cosine, grad_j1, grad_jk, pass_at_k_swor
 from .objectives import SAMPLERS, Objective
 from .sampling import gumbel_top_k, rewards_of, sample_iid
 
 __all__ = [
     "TARGETS",
     "register_target",
+    "score_estimate",
+    "exact_mean_estimate",
     "HarnessReport",
     "group_estimates",
     "zero_signal",
@@ -47,16 +54,49 @@ __all__ = [
 ]
 
 GradFn = Callable[[Tensor, Tensor, int], Tensor]
+
+
+def _binary_only(name: str, grad_fn: GradFn) -> GradFn:
+    def fn(logits: Tensor, correct: Tensor, k: int) -> Tensor:
+        if correct.dtype != torch.bool:
+            raise ValueError(f"target {name!r} needs a boolean reward table (a 0/1 verifier)")
+        return grad_fn(logits, correct, k)
+
+    return fn
+
+
+def _max_at_k(logits: Tensor, table: Tensor, k: int) -> Tensor:
+    """grad max@k: Theorem 3.1's alpha_k grad J_1 on a boolean table (pass@k), else autograd."""
+    if table.dtype == torch.bool:
+        return grad_jk(logits, table, k)
+    return maxk.grad_max_at_k(logits, table, k)
+
+
+def _pass_at_1(logits: Tensor, table: Tensor, k: int) -> Tensor:
+    if table.dtype == torch.bool:
+        return grad_j1(logits, table)
+    return maxk.grad_expected_reward(logits, table)
+
+
 TARGETS: dict[str, GradFn] = {
-    "pass@1": lambda logits, correct, k: grad_j1(logits, correct),
-    "pass@k": grad_jk,
-    "pass@k-swor": lambda logits, correct, k: autograd(pass_at_k_swor, logits, correct, k),
+    "pass@1": _pass_at_1,
+    "pass@k": _binary_only("pass@k", grad_jk),
+    "max@k": _max_at_k,
+    "pass@k-swor": _binary_only(
+        "pass@k-swor", lambda logits, correct, k: autograd(pass_at_k_swor, logits, correct, k)
+    ),
 }
 
 
 def register_target(name: str, grad_fn: GradFn) -> None:
     """Make `unbiased_for = name` checkable: grad_fn(logits, correct, k) -> exact grad (P, m)."""
     TARGETS[name] = grad_fn
+
+
+def score_estimate(pi: Tensor, answers: Tensor, w: Tensor) -> Tensor:
+    """sum_i w_i (e_{y_i} - pi) per row: the gradient in the logits of sum_i w_i log pi(y_i),
+    for probabilities pi (R, m), answers (R, n) and weights (R, n)."""
+    return torch.zeros_like(pi).scatter_add_(1, answers, w) - w.sum(1, keepdim=True) * pi
 
 
 def _resolve(objective: str | Objective, seed: int) -> Objective:
@@ -80,7 +120,7 @@ def _sample_groups(
 ) -> tuple[Tensor, Tensor]:
     """(estimates (P, groups, m), rewards (P, groups, n)) for `groups` fresh groups per prompt,
     drawn by `sampler` ("iid" or "swor"; default: the objective's own)."""
-    check_policy(logits, correct)
+    maxk.check_table(logits, correct)
     sampler = sampler or objective.sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; known: {SAMPLERS}")
@@ -93,8 +133,7 @@ def _sample_groups(
     rewards = rewards_of(correct.repeat_interleave(groups, 0), answers)
     logprobs = torch.log_softmax(logits_rep, -1).gather(1, answers)
     w = objective.weights(rewards, k, logprobs=logprobs)
-    pi = torch.softmax(logits_rep, -1)
-    g = torch.zeros_like(pi).scatter_add_(1, answers, w) - w.sum(1, keepdim=True) * pi
+    g = score_estimate(torch.softmax(logits_rep, -1), answers, w)
     return g.view(p, groups, m), rewards.view(p, groups, n)
 
 
@@ -121,18 +160,48 @@ def zero_signal(
     groups: int = 20_000,
     seed: int = 0,
 ) -> dict[str, Tensor]:
-    """Situation I, measured per prompt: the fraction of groups with no correct rollout, the
-    fraction with an exactly zero estimate, and max |estimate| over the no-correct groups.
-    The same seed draws the same rollouts for every objective."""
+    """Situation I, measured per prompt: the fraction of groups with no correct rollout (every
+    reward 0), the fraction with an exactly zero estimate, and max |estimate| over the
+    no-correct groups. The same seed draws the same rollouts for every objective."""
     obj = _resolve(objective, seed)
     gen = torch.Generator().manual_seed(seed)
     g, rewards = _sample_groups(obj, logits.to(torch.float64), correct, n, k, groups, gen)
-    none_correct = rewards.sum(-1) == 0
+    none_correct = (rewards == 0).all(-1)
     return {
         "no_correct": none_correct.to(torch.float64).mean(1),
         "zero_estimate": (g == 0).all(-1).to(torch.float64).mean(1),
         "max_abs_when_no_correct": (g.abs().amax(-1) * none_correct).amax(1),
     }
+
+
+_MAX_TUPLES = 1_000_000  # exact_mean_estimate enumerates P * m^n ordered tuples at most
+
+
+def exact_mean_estimate(
+    objective: str | Objective, logits: Tensor, correct: Tensor, n: int, k: int
+) -> Tensor:
+    """E[sum_i w_i (e_{y_i} - pi)] exactly, per prompt (P, m), for n i.i.d. rollouts: the sum over
+    all m^n ordered tuples of answers of P(tuple) times the group's estimate. No sampling error,
+    so an unbiased objective matches its target to rounding. Needs a deterministic objective for
+    i.i.d. rollouts and P * m^n <= 10^6."""
+    obj = objectives.get(objective) if isinstance(objective, str) else objective
+    if obj.sampler != "iid" or obj.stochastic:
+        raise ValueError(f"{obj.name}: exact enumeration needs i.i.d. rollouts and fixed weights")
+    maxk.check_table(logits, correct)
+    p, m = logits.shape
+    if p * m**n > _MAX_TUPLES:
+        raise ValueError(f"P * m^n = {p * m**n} tuples exceeds {_MAX_TUPLES}; use run()")
+    tuples = torch.cartesian_prod(*[torch.arange(m)] * n).reshape(-1, n)  # (m^n, n)
+    count = len(tuples)
+    log_pi = torch.log_softmax(logits.detach().to(torch.float64), -1)
+    answers = tuples.repeat(p, 1)  # prompt-major: rows x * count .. (x + 1) * count - 1
+    rows = torch.arange(p).repeat_interleave(count)
+    logprobs = log_pi[rows[:, None], answers]
+    rewards = correct.to(torch.float64)[rows[:, None], answers]
+    w = obj.weights(rewards, k, logprobs=logprobs)
+    g = score_estimate(log_pi.exp()[rows], answers, w)
+    prob = logprobs.sum(1).exp()
+    return (prob[:, None] * g).view(p, count, m).sum(1)
 
 
 @dataclass(frozen=True)
@@ -151,7 +220,7 @@ class HarnessReport:
     z_threshold: float  # Bonferroni threshold at family-wise level alpha
     variance: float  # trace of one group's covariance, averaged over prompts
     noise_to_signal: float  # trace(cov) / |mean|^2, averaged over prompts (scale-free)
-    cos_to_grad_j1: Tensor  # (P,)
+    cos_to_grad_j1: Tensor  # (P,) (grad J_1 is grad E_pi[r] for a real reward table)
     weight_multiple: Tensor  # (P,) <mean, grad J_1> / |grad J_1|^2
     zero_fraction: Tensor  # (P,) fraction of groups with an exactly zero estimate
 

@@ -104,8 +104,15 @@ def gap_peak(k: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
 _BLOCK_ELEMENTS = 1 << 22
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
 def _as_int_array(x: ArrayLike, name: str) -> np.ndarray:
     arr = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
+    if arr.dtype.kind == "O" and all(isinstance(v, int) for v in arr.ravel().tolist()):
+        raise ValueError(f"{name} is too large: every value must be below 2**63")
+    if arr.dtype.kind == "u" and np.any(arr > _INT64_MAX):
+        raise ValueError(f"{name} is too large: every value must be below 2**63")
     if arr.dtype.kind == "f":
         if not np.all(np.equal(np.mod(arr, 1), 0)):
             raise ValueError(f"{name} must hold integers")

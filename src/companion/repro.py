@@ -11,13 +11,14 @@ import random
 from pathlib import Path
 
 import numpy as np
-import torch
 
-__all__ = ["setup", "results_dir", "repo_root"]
+__all__ = ["setup", "results_dir", "repo_root", "progress"]
 
 
 def setup(seed: int = 0, threads: int = 1) -> np.random.Generator:
     """Pin torch to `threads` threads, seed python/numpy/torch, return a numpy Generator."""
+    import torch  # imported here so that light commands (reports, paths) do not load torch
+
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
@@ -25,6 +26,19 @@ def setup(seed: int = 0, threads: int = 1) -> np.random.Generator:
     np.random.seed(seed)  # noqa: NPY002 -- legacy global state for third-party code only
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def progress(iterable, **kwargs):
+    """A progress bar over `iterable`: a live widget in JupyterLab, text in a terminal
+    (tqdm.auto), and none at all when $TQDM_DISABLE is set (make execute, nbval, the tests).
+
+    tqdm.auto's notebook bar ignores $TQDM_DISABLE (it passes disable=False explicitly), so the
+    variable is read here and passed on."""
+    from tqdm.auto import tqdm
+
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false"):
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
 
 
 def repo_root() -> Path | None:

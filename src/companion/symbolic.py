@@ -21,6 +21,9 @@ __all__ = [
     "no_signal_probability",
     "swor_pass_at_k_expr",
     "swor_collinearity_minor",
+    "SignalMagnitude",
+    "signal_magnitude",
+    "entropy_optimum_j1",
 ]
 
 K = sp.Symbol("k", integer=True, positive=True)
@@ -174,3 +177,58 @@ def swor_collinearity_minor() -> tuple[tuple[sp.Symbol, ...], sp.Expr]:
     g2 = [sp.diff(j2, zi) for zi in z]
     g1 = [sp.diff(j1, zi) for zi in z]
     return z, sp.factor(sp.simplify(g2[1] * g1[2] - g2[2] * g1[1]))
+
+
+@dataclass(frozen=True)
+class SignalMagnitude:
+    """The size of the pass@k gradient for a softmax with one correct answer (logit z_c).
+
+    With w the summed exponentials of the wrong logits, p = J_1 = e^{z_c} / (e^{z_c} + w), so
+    d J_1 / d z_c = p (1 - p) and, by Theorem 3.1, d J_k / d z_c = alpha_k p (1 - p) = k p (1-p)^k.
+    """
+
+    dJk_dz: sp.Expr  # d J_k / d z_c, in z_c and w
+    residual: sp.Expr  # simplify(dJk_dz - k p (1 - p)^k) with p in terms of z_c, w: 0
+    in_p: sp.Expr  # k p (1 - p)^k
+    p_peak: sp.Expr  # the p in (0, 1) where it peaks: 1 / (k + 1)
+    value_at_peak: sp.Expr
+    limit_at_0: sp.Expr
+    limit_at_1: sp.Expr  # for k >= 1
+
+    @property
+    def holds(self) -> bool:
+        return self.residual == 0
+
+
+def signal_magnitude() -> SignalMagnitude:
+    """Derive d J_k / d z_c = k p (1 - p)^k, its peak at p = 1/(k+1) and its limits (0 at both
+    ends): the pass@k signal vanishes where J_1 -> 0 (Situation I's regime) as well as J_1 -> 1."""
+    z, w = sp.Symbol("z_c", real=True), sp.Symbol("w", positive=True)
+    p_of_z = sp.exp(z) / (sp.exp(z) + w)
+    dJk_dz = sp.diff(1 - (1 - p_of_z) ** K, z)
+    in_p = K * P * (1 - P) ** K
+    residual = sp.simplify(dJk_dz - in_p.subs(P, p_of_z))
+    # d/dp [p (1-p)^k] = (1-p)^(k-1) (1 - p - k p); for p < 1 the first factor is > 0
+    reduced = sp.simplify(sp.diff(P * (1 - P) ** K, P) / (1 - P) ** (K - 1))
+    (p_peak,) = sp.solve(reduced, P)
+    j = sp.Symbol("j", integer=True, nonnegative=True)
+    return SignalMagnitude(
+        dJk_dz=sp.simplify(dJk_dz),
+        residual=residual,
+        in_p=in_p,
+        p_peak=sp.simplify(p_peak),
+        value_at_peak=sp.simplify(in_p.subs(P, p_peak)),
+        limit_at_0=sp.limit(in_p, P, 0, "+"),
+        limit_at_1=sp.limit(in_p.subs(K, j + 1), P, 1, "-"),
+    )
+
+
+def entropy_optimum_j1(n_correct: int, n_wrong: int, beta: sp.Expr | float) -> sp.Expr:
+    """J_1 at the maximiser of J_1 + beta H(pi) over a tabular softmax (one prompt): the
+    stationarity condition d/dz [J_1 + beta H] = pi (r - J_1) - beta pi (log pi + H) = 0 gives
+    log pi_a = r_a / beta + const, i.e. pi proportional to exp(r / beta), so
+
+        J_1* = n_c e^{1/beta} / (n_c e^{1/beta} + n_w).
+    """
+    e = sp.exp(1 / sp.nsimplify(beta))
+    return n_correct * e / (n_correct * e + n_wrong)

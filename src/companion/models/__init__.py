@@ -1,5 +1,5 @@
 """Models: a tiny GPT with a KV cache, and batched samplers over its sequences."""
 
-from .gpt import GPT, GPTConfig, pick_device
+from .gpt import GPT, GPTConfig, KVCache, pick_device
 
-__all__ = ["GPT", "GPTConfig", "pick_device"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "pick_device"]

@@ -1,5 +1,6 @@
 """A tiny GPT (nanoGPT-style: pre-LayerNorm blocks, causal self-attention, GELU MLP, tied
-embeddings) with a preallocated KV cache for batched sampling."""
+embeddings) with a KV cache: preallocated for batched sampling, or autograd-safe for scoring rows
+that share a prefix."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GPTConfig", "GPT", "KVCache", "pick_device"]
+__all__ = ["GPTConfig", "GPT", "KVCache", "causal_attention", "pick_device"]
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -37,19 +37,72 @@ class GPTConfig:
 
 
 class KVCache:
-    """Per-layer key/value buffers of shape (B, H, block_size, D), filled up to `length`."""
+    """Per-layer keys and values of the positions seen so far (`length` of them), stored together
+    as (B, T, 2, H, D): [:, :, 0] keys, [:, :, 1] values.
 
-    def __init__(self, cfg: GPTConfig, batch: int, device: torch.device, dtype: torch.dtype):
-        hd = cfg.n_embd // cfg.n_head
-        shape = (batch, cfg.n_head, cfg.block_size, hd)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+    One interface, two storages: preallocated buffers of block_size positions written in place
+    (the default, for decoding under torch.no_grad), or, with `grow=True`, tensors that grow by
+    concatenation and are never written in place, so that gradients flow through the cache (a
+    prompt encoded once and shared by many rows gets the sum of their gradients)."""
+
+    def __init__(
+        self,
+        cfg: GPTConfig,
+        batch: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        grow: bool = False,
+    ):
+        self.grow = grow
         self.length = 0
+        shape = (batch, 0 if grow else cfg.block_size, 2, cfg.n_head, cfg.n_embd // cfg.n_head)
+        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+
+    @property
+    def rows(self) -> int:
+        """Rows of the batch the cache holds."""
+        return self.kv[0].shape[0]
+
+    def append(self, layer: int, kv: Tensor) -> Tensor:
+        """Store the keys and values (B, t, 2, H, D) of positions length .. length + t - 1 of
+        `layer` (the caller advances `length` once all layers are done); return those of positions
+        0 .. length + t - 1."""
+        if self.grow:
+            if self.length:
+                kv = torch.cat([self.kv[layer], kv], 1)
+            self.kv[layer] = kv
+            return kv
+        end = self.length + kv.shape[1]
+        self.kv[layer][:, self.length : end] = kv
+        return self.kv[layer][:, :end]
 
     def reorder(self, index: Tensor) -> None:
-        """Keep rows `index` of the batch (beam search reorders beams)."""
-        self.k = [k[index] for k in self.k]
-        self.v = [v[index] for v in self.v]
+        """Keep rows `index` of the batch, in that order: beam search reorders its beams, and
+        repeating a row lets several continuations share one encoded prefix."""
+        self.kv = [kv.index_select(0, index) for kv in self.kv]
+
+
+def causal_attention(q: Tensor, kv: Tensor, start: int) -> Tensor:
+    """softmax(q k^T / sqrt(D) + M) v (Vaswani et al. 2017, eq. 1) per head, with the causal mask
+    M[i, j] = 0 if j <= start + i, else -inf: the queries (B, t, H, D) sit at absolute positions
+    start .. start + t - 1, the keys kv[:, :, 0] and values kv[:, :, 1] (B, start + t, 2, H, D) at
+    0 .. start + t - 1. Returns (B, t, H, D).
+
+    Plain tensor operations rather than the fused kernel, which for the short sequences and small
+    heads of these models costs more (its CPU backward pass dominated the training step;
+    benchmarks/rollout.py): one new token (t = 1) sees every key, a weighted sum with no mask;
+    otherwise two batched matrix products."""
+    b, t, h, d = q.shape
+    s = kv.shape[1]
+    q = q * d**-0.5
+    k, v = kv[:, :, 0], kv[:, :, 1]
+    if t == 1:
+        weights = torch.softmax((q * k).sum(-1, keepdim=True), 1)  # (B, s, H, 1)
+        return (weights * v).sum(1, keepdim=True)
+    qh, kh, vh = (z.transpose(1, 2).reshape(b * h, -1, d) for z in (q, k, v))
+    mask = torch.full((t, s), float("-inf"), device=q.device, dtype=q.dtype).triu(start + 1)
+    y = torch.bmm(torch.softmax(torch.baddbmm(mask, qh, kh.transpose(1, 2)), -1), vh)
+    return y.view(b, h, t, d).transpose(1, 2)
 
 
 class Block(nn.Module):
@@ -66,20 +119,14 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, layer: int, cache: KVCache | None) -> Tensor:
         b, t, c = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
-        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
+        qkv = self.qkv(self.ln1(x)).view(b, t, 3, self.n_head, c // self.n_head)
+        q, kv = qkv[:, :, 0], qkv[:, :, 1:]
+        start = 0
+        if cache is not None:
             start = cache.length
-            cache.k[layer][:, :, start : start + t] = k
-            cache.v[layer][:, :, start : start + t] = v
-            keys = cache.k[layer][:, :, : start + t]
-            vals = cache.v[layer][:, :, : start + t]
-            # query i (absolute position start + i) sees keys 0..start + i
-            mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
-            y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+            kv = cache.append(layer, kv)
+        y = causal_attention(q, kv, start).reshape(b, t, c)
+        x = x + self.proj(y)
         return x + self.mlp(self.ln2(x))
 
 
@@ -112,9 +159,10 @@ class GPT(nn.Module):
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def new_cache(self, batch: int) -> KVCache:
+    def new_cache(self, batch: int, grow: bool = False) -> KVCache:
+        """An empty cache for `batch` rows (grow=True: autograd-safe, see KVCache)."""
         p = next(self.parameters())
-        return KVCache(self.cfg, batch, p.device, p.dtype)
+        return KVCache(self.cfg, batch, p.device, p.dtype, grow)
 
     def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
         """Full forward (cache=None), or the next tokens given a cache that holds the prefix."""
@@ -124,8 +172,7 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {start + t} tokens exceeds block_size {self.cfg.block_size}"
             )
-        pos = torch.arange(start, start + t, device=idx.device)
-        x = self.tok(idx) + self.pos(pos)[None]
+        x = self.tok(idx) + self.pos.weight[start : start + t]
         for layer, block in enumerate(self.blocks):
             x = block(x, layer, cache)
         if cache is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -9,7 +10,16 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["Objective", "StdNormalized", "SAMPLERS", "register", "unregister", "get", "names"]
+__all__ = [
+    "Objective",
+    "StdNormalized",
+    "SAMPLERS",
+    "register",
+    "unregister",
+    "get",
+    "names",
+    "is_binary",
+]
 
 SAMPLERS = ("iid", "swor")  # the values of Objective.sampler (and of the training config)
 
@@ -18,9 +28,11 @@ class Objective(ABC):
     """One objective variant: rewards (B, n) and k -> weights (B, n).
 
     Class attributes a variant sets:
-      unbiased_for: "pass@1", "pass@k" (or another target the harness knows) if E[sum_i w_i grad
-          log pi(y_i)] equals that gradient exactly; None for shaped or heuristic variants.
-      binary_only: whether rewards must be 0/1.
+      unbiased_for: "pass@1" (E_pi[r]), "pass@k" (0/1 rewards only), "max@k" (E[max of k
+          rewards], whose 0/1 case is pass@k) or another target the harness knows, if
+          E[sum_i w_i grad log pi(y_i)] equals that gradient exactly; None for shaped or
+          heuristic variants (companion.harness.TARGETS lists the targets).
+      binary_only: whether rewards must be 0/1 (otherwise any finite real rewards).
       stochastic: whether weights use randomness beyond the rollouts (then pass a generator).
       min_group: the smallest n the formula is defined for.
       sampler: the sampling law of the n rollouts under which `unbiased_for` holds: "iid"
@@ -57,17 +69,16 @@ class Objective(ABC):
             raise ValueError(f"{self.name}: k = {k} exceeds the group size n = {n}")
         if n < self.min_group:
             raise ValueError(f"{self.name}: needs groups of n >= {self.min_group}, got n = {n}")
-        rewards = rewards.to(torch.float64)
-        if self.binary_only and not torch.all((rewards == 0) | (rewards == 1)):
+        rewards = _real(rewards, f"{self.name}: rewards")
+        if self.binary_only and not is_binary(rewards):
             raise ValueError(f"{self.name}: rewards must be binary (0/1)")
-        if not torch.all(torch.isfinite(rewards)):
-            raise ValueError(f"{self.name}: rewards must be finite")
         if self.needs_logprobs:
-            if logprobs is None or logprobs.shape != rewards.shape:
+            if not isinstance(logprobs, Tensor) or logprobs.shape != rewards.shape:
                 raise ValueError(f"{self.name}: needs logprobs of shape {tuple(rewards.shape)}")
+            logprobs = _real(logprobs, f"{self.name}: logprobs")
             if bool(torch.any(logprobs > 0)):
                 raise ValueError(f"{self.name}: logprobs must be <= 0")
-            w = self._weights(rewards, k, logprobs=logprobs.detach().to(torch.float64))
+            w = self._weights(rewards, k, logprobs=logprobs)
         else:
             w = self._weights(rewards, k)
         assert w.shape == rewards.shape, f"{self.name} returned shape {tuple(w.shape)}"
@@ -79,6 +90,27 @@ class Objective(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, unbiased_for={self.unbiased_for!r})"
+
+
+_INTEGER_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def is_binary(rewards: Tensor) -> bool:
+    """Whether every reward is 0 or 1 (the 0/1 verifier of Theorem 3.1): mapping nonzero values
+    to 1 changes nothing (NaN maps to 1 and is not equal to it)."""
+    return torch.equal(rewards, rewards.bool().to(rewards.dtype))
+
+
+def _real(values: Tensor, what: str) -> Tensor:
+    """`values` as float64, refusing what a silent cast would corrupt: complex or non-numeric
+    dtypes (torch drops the imaginary part) and NaN or infinite entries."""
+    if not (values.is_floating_point() or values.dtype in _INTEGER_DTYPES):
+        raise ValueError(f"{what} must be real numbers, got dtype {values.dtype}")
+    values = values.detach().to(torch.float64)
+    low, high = torch.aminmax(values)  # NaN propagates to both
+    if not (math.isfinite(low.item()) and math.isfinite(high.item())):
+        raise ValueError(f"{what} must be finite (no NaN or inf)")
+    return values
 
 
 class StdNormalized(Objective):

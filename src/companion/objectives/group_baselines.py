@@ -95,3 +95,36 @@ class RiskSeeking(Objective):
         n = rewards.shape[1]
         z = (torch.logsumexp(self.beta * rewards, 1, keepdim=True) - math.log(n)) / self.beta
         return torch.expm1(self.beta * (rewards - z)) / self.beta / n
+
+
+@register("unlikeliness")
+class Unlikeliness(StdNormalized):
+    """The unlikeliness reward (He, Fried & Welleck 2025, arXiv 2506.02355), then GRPO's group
+    normalisation:
+
+        r~_i = r_i (1 - beta rank_i / n),   rank_i in {0..n-1} ascending in log pi(y_i)
+                                            (rank 0 = the least likely rollout),
+        A_i = (r~_i - mean(r~)) / (std(r~) + eps),   w_i = A_i / n.
+
+    Among the correct rollouts of a group, the less likely ones get more weight: a shaped
+    variant (unbiased for nothing), which notebook 06 rebuilds from scratch as its tutorial.
+    """
+
+    unbiased_for = None
+    needs_logprobs = True
+    min_group = 2
+
+    def __init__(
+        self, beta: float = 0.25, eps: float | None = None, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__(eps, generator)
+        if not (math.isfinite(beta) and 0 <= beta <= 1):
+            raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        self.beta = beta
+
+    def _weights(self, rewards: Tensor, k: int, **extra: Tensor) -> Tensor:
+        n = rewards.shape[1]
+        rank = extra["logprobs"].argsort(1).argsort(1).to(rewards.dtype)
+        shaped = rewards * (1 - self.beta * rank / n)
+        centred = shaped - shaped.mean(1, keepdim=True)
+        return centred / (shaped.std(1, keepdim=True) + self.eps) / n

@@ -42,6 +42,17 @@ class DagTask:
     pretrain_pairs: Tensor  # (P_pre, 2)
     rl_pairs: Tensor  # (P_rl, 2): held out from pretraining, >= 2 valid paths each
     max_path: int  # longest path (in nodes) over all pairs
+    test_mask: Tensor | None = None  # (P_rl,) bool: RL pairs held out from RL too (evaluation)
+
+    @property
+    def rl_train_pairs(self) -> Tensor:
+        """The RL pairs that RL trains on (all of them when there is no split)."""
+        return self.rl_pairs if self.test_mask is None else self.rl_pairs[~self.test_mask]
+
+    @property
+    def rl_test_pairs(self) -> Tensor:
+        """The RL pairs held out from RL, for evaluation (all of them when there is no split)."""
+        return self.rl_pairs if self.test_mask is None else self.rl_pairs[self.test_mask]
 
     @property
     def n_nodes(self) -> int:
@@ -94,6 +105,43 @@ class DagTask:
         ok = has_eos & (n_tok >= 1) & nodes_ok & first_ok & last_ok & edges_ok
         return ok.to(torch.float64)
 
+    def valid_paths(self, pairs: Tensor) -> tuple[Tensor, Tensor]:
+        """Every valid path of every pair, enumerated breadth-first over the DAG (vectorised over
+        all partial paths at once): a partial path ending at u != t is extended by each successor
+        v of u that can still reach t (paths[v, t] > 0), so every extension ends in a valid path.
+
+        Returns (answers, owner): answers (M, max_new_tokens) are the answer tokens of the M paths
+        (path, EOS, PAD...), owner (M,) the index of the pair each path belongs to. M equals
+        sum(paths[s, t]) over the pairs (checked in the tests)."""
+        pairs = pairs.to(torch.int64)
+        reach = self.paths > 0
+        rows = pairs[:, :1].clone()
+        owner = torch.arange(len(pairs))
+        done_rows: list[Tensor] = []
+        done_owner: list[Tensor] = []
+        for _ in range(self.max_path):
+            at_target = rows[:, -1] == pairs[owner, 1]
+            if at_target.any():
+                done_rows.append(rows[at_target])
+                done_owner.append(owner[at_target])
+            rows, owner = rows[~at_target], owner[~at_target]
+            if len(rows) == 0:
+                break
+            cand = self.adj[rows[:, -1]] & reach[:, pairs[owner, 1]].T  # (R, N)
+            parent, nxt = cand.nonzero(as_tuple=True)
+            rows = torch.cat([rows[parent], nxt[:, None]], 1)
+            owner = owner[parent]
+        width = self.max_new_tokens
+        answers = torch.full((sum(len(r) for r in done_rows), width), self.pad, dtype=torch.int64)
+        start = 0
+        for block in done_rows:
+            answers[start : start + len(block), : block.shape[1]] = block
+            answers[start : start + len(block), block.shape[1]] = self.eos
+            start += len(block)
+        owner_all = torch.cat(done_owner) if done_owner else torch.zeros(0, dtype=torch.int64)
+        order = torch.argsort(owner_all, stable=True)
+        return answers[order], owner_all[order]
+
     def random_walks(self, pairs: Tensor, generator: torch.Generator) -> Tensor:
         """One random valid path per pair, as full sequences [s, t, SEP, path, EOS, PAD...] of
         length 3 + max_new_tokens: from the current node, step to a uniformly chosen successor
@@ -129,18 +177,20 @@ def make_dag_task(
     min_distance: int = 3,
     max_distance: int = 8,
     seed: int = 0,
+    test_fraction: float = 0.5,
 ) -> DagTask:
     """A seeded random DAG and its splits.
 
     Pairs (s, t) with min_distance <= t - s <= max_distance and at least one path form the pool;
     a `rl_fraction` of the pairs with >= 2 paths is held out for RL (never seen in pretraining);
-    the rest are pretraining pairs."""
+    the rest are pretraining pairs. A `test_fraction` of the RL pairs (at random) is held out from
+    RL too: the test prompts that evaluation reports on; RL trains on the others."""
     if n_nodes < 4 or window < 2:
         raise ValueError("need n_nodes >= 4 and window >= 2")
     if not 1 <= min_distance <= max_distance:
         raise ValueError("need 1 <= min_distance <= max_distance")
-    if not 0 < edge_prob <= 1 or not 0 < rl_fraction < 1:
-        raise ValueError("edge_prob must lie in (0, 1] and rl_fraction in (0, 1)")
+    if not 0 < edge_prob <= 1 or not 0 < rl_fraction < 1 or not 0 < test_fraction < 1:
+        raise ValueError("edge_prob must lie in (0, 1], rl_fraction and test_fraction in (0, 1)")
     g = torch.Generator().manual_seed(seed)
     i = torch.arange(n_nodes)
     band = (i[None, :] > i[:, None]) & (i[None, :] < i[:, None] + window)
@@ -161,4 +211,13 @@ def make_dag_task(
             "this graph has too few (source, target) pairs: raise n_nodes or edge_prob"
         )
     max_path = int((t - s)[pool].max()) + 1
-    return DagTask(adj, paths, pairs[~held], pairs[held], max_path)
+    rl_pairs = pairs[held]
+    n_test = int(round(test_fraction * len(rl_pairs)))
+    if not 0 < n_test < len(rl_pairs):
+        raise ValueError(
+            f"{len(rl_pairs)} RL pairs cannot be split into train and test at test_fraction "
+            f"{test_fraction}: raise n_nodes or rl_fraction"
+        )
+    test_mask = torch.zeros(len(rl_pairs), dtype=torch.bool)
+    test_mask[torch.randperm(len(rl_pairs), generator=g)[:n_test]] = True
+    return DagTask(adj, paths, pairs[~held], rl_pairs, max_path, test_mask)

@@ -1,0 +1,185 @@
+"""Execute the notebooks with papermill, atomically: what `make reproduce` and `make execute` run.
+
+* ``reproduce``: each selected notebook runs with the profile's parameter file
+  (params/<profile>/<stem>.yaml) into a temporary file next to results/notebooks/<stem>.ipynb, which
+  replaces the old copy only when the whole notebook ran. A notebook that fails is kept as
+  results/failed/<stem>.ipynb (never where `companion html` would render it) and stops the run.
+  Figures, claims and tables go to the results folder ($COMPANION_RESULTS for the kernel).
+* ``execute``: regenerates the *stored* outputs of notebooks/ (the ci defaults, no parameters),
+  then strips papermill's volatile metadata (nbstripout --keep-output --keep-count), again through
+  a temporary file.
+
+Values that come from the command line (profile, notebook prefixes, results folder) are data:
+they are validated here and never reach a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from .atomic import remove_stale_temporaries
+from .repro import repo_root
+
+__all__ = ["PROFILES", "notebooks_dir", "select", "reproduce", "execute"]
+
+PROFILES = ("ci", "full")
+KERNEL = "companion"
+STRIP_KEYS = "metadata.papermill cell.metadata.papermill cell.metadata.execution"
+
+
+def notebooks_dir() -> Path:
+    """notebooks/ of the checkout we run in (the current folder, as `make` runs), else of the
+    checkout the package is installed from."""
+    here = Path.cwd() / "notebooks"
+    if here.is_dir() and (Path.cwd() / "params").is_dir():
+        return here
+    root = repo_root()
+    if root is None:
+        raise ValueError("the notebooks live in the source checkout: run from the repository")
+    return root / "notebooks"
+
+
+def select(prefixes: str | None, folder: Path | None = None) -> list[Path]:
+    """The notebooks whose names start with one of the whitespace- or comma-separated
+    `prefixes` (all notebooks when empty). Every prefix must match: ValueError listing them."""
+    folder = folder or notebooks_dir()
+    every = sorted(folder.glob("[0-9]*.ipynb"))
+    if not every:
+        raise ValueError(f"no notebooks in {folder}")
+    tokens = [t for t in re.split(r"[\s,]+", prefixes or "") if t]
+    if not tokens:
+        return every
+    chosen: list[Path] = []
+    for token in tokens:
+        hits = [nb for nb in every if nb.name.startswith(token)]
+        if not hits:
+            names = ", ".join(nb.stem for nb in every)
+            raise ValueError(f"NB={token!r} matches no notebook; the notebooks are: {names}")
+        chosen.extend(h for h in hits if h not in chosen)
+    return sorted(chosen)
+
+
+def _kernel() -> str:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL)
+        return KERNEL
+    except NoSuchKernel:
+        return "python3"  # the interpreter running this (jupyter_client maps "python")
+
+
+def _run_atomic(
+    nb: Path,
+    final: Path,
+    parameters: dict,
+    results: Path,
+    failed_dir: Path | None,
+    post: Callable[[Path], None] | None = None,
+) -> None:
+    import papermill as pm
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # a hidden name ending in .tmp.ipynb: papermill and nbstripout accept it, globs of the
+    # notebooks ("[0-9]*.ipynb") skip it, and remove_stale_temporaries knows it
+    fd, tmp_name = tempfile.mkstemp(
+        dir=final.parent, prefix=f".{final.stem}.{os.getpid()}.", suffix=".tmp.ipynb"
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.environ["COMPANION_RESULTS"] = str(results)
+    try:
+        pm.execute_notebook(
+            str(nb),
+            str(tmp),
+            parameters=parameters,
+            cwd=str(nb.parent),
+            kernel_name=_kernel(),
+            progress_bar=False,
+        )
+        if post is not None:
+            post(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        if failed_dir is not None and tmp.exists() and tmp.stat().st_size:
+            failed_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, failed_dir / final.name)
+            print(f"   failed notebook kept as {failed_dir / final.name}", file=sys.stderr)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _params(profile: str, stem: str, root: Path) -> dict:
+    path = root / "params" / profile / f"{stem}.yaml"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of parameter names to values")
+    return data
+
+
+def reproduce(profile: str, prefixes: str | None, results: str | os.PathLike) -> Path:
+    """Run the selected notebooks at `profile` into `results` (see the module docstring), then
+    write results/REPORT.md and return its path."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown PROFILE {profile!r}; use one of {', '.join(PROFILES)}")
+    if str(results).strip() == "":
+        raise ValueError("RESULTS must name a folder")
+    notebooks = select(prefixes)
+    root = notebooks[0].parent.parent
+    results = Path(results).absolute()
+    results.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(results)
+    for nb in notebooks:
+        print(f"== {nb.stem} (profile {profile})", flush=True)
+        t0 = time.perf_counter()
+        _run_atomic(
+            nb,
+            results / "notebooks" / nb.name,
+            _params(profile, nb.stem, root),
+            results,
+            results / "failed",
+        )
+        (results / "failed" / nb.name).unlink(missing_ok=True)
+        print(f"   done in {time.perf_counter() - t0:.0f} s", flush=True)
+    from .report import build
+
+    return build(results)
+
+
+def _strip(path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "nbstripout",
+        "--keep-output",
+        "--keep-count",
+        "--extra-keys",
+        STRIP_KEYS,
+        str(path),
+    ]
+    subprocess.run(cmd, check=True)
+
+
+def execute(prefixes: str | None, results: str | os.PathLike = "build/execute-results") -> None:
+    """Regenerate the stored outputs of the selected notebooks in place (ci defaults)."""
+    notebooks = select(prefixes)
+    results = Path(results)
+    if not results.is_absolute():
+        results = notebooks[0].parent.parent / results
+    remove_stale_temporaries(notebooks[0].parent, recursive=False)
+    for nb in notebooks:
+        print(f"== executing {nb.name}", flush=True)
+        t0 = time.perf_counter()
+        _run_atomic(nb, nb, {}, results, None, post=_strip)
+        print(f"   done in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -1,0 +1,391 @@
+"""The statistical rules that turn numbers into verdicts: holds / fails / partly / inconclusive.
+
+Every verdict a notebook records comes from one of these functions; cells never hold thresholds of
+their own. Three kinds of claim (DESIGN.md, "Evidence standards"):
+
+* ``identity``  -- true by algebra (a symbolic residual, an exact equality). Checking it verifies
+  our code, not the paper: the verdict is ``holds`` or ``fails`` (:func:`exact`).
+* ``numerical`` -- an exact or deterministic computation (a closed form, a deterministic update
+  rule on a fixed policy): ``holds`` or ``fails`` (:func:`exact`).
+* ``empirical`` -- depends on sampled runs. The verdict comes from a two-sided ``confidence``
+  interval (95% by default) of the deciding statistic, compared with a null value in a claimed
+  direction:
+
+      holds         the interval lies entirely on the claimed side of the null,
+      fails         it lies entirely on the other side,
+      inconclusive  it contains the null.
+
+  Intervals: Student t over independent seeds (:func:`mean_over_seeds`:
+  mean +- t_{0.975, s-1} sd / sqrt(s)); a paired percentile bootstrap over prompts, the unit of
+  a paired comparison (:func:`paired_bootstrap`, Efron & Tibshirani 1993; the
+  stratified-bootstrap practice of rliable, Agarwal et al. 2021, NeurIPS); a Wilson score
+  interval for a proportion (:func:`proportion`).
+  Thresholds on a sample of random draws use a median or a fraction, never a maximum.
+
+A claim made of several parts is decided by :func:`conjunction` (``partly`` when some parts hold and
+some fail).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "KINDS",
+    "VERDICTS",
+    "DIRECTIONS",
+    "Decision",
+    "decide_interval",
+    "exact",
+    "mean_over_seeds",
+    "paired_bootstrap",
+    "proportion",
+    "equivalence",
+    "alternatives",
+    "conjunction",
+]
+
+KINDS = ("identity", "numerical", "empirical")
+VERDICTS = ("holds", "fails", "partly", "inconclusive")
+DIRECTIONS = ("greater", "less")
+MIN_SEEDS = 3  # empirical claims need at least this many independent seeds
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A verdict with what decided it.
+
+    statistic: what was estimated ("mean change of hard-prompt pass@64 over seeds", ...).
+    estimate, low, high: the point estimate and its interval (low = high = estimate when exact).
+    null, direction: the claim is "statistic > null" (direction "greater") or "< null" ("less").
+    seeds: the number of independent seeds behind it (0 for an identity).
+    method: how the interval was computed.
+    """
+
+    verdict: str
+    kind: str
+    statistic: str
+    estimate: float
+    low: float
+    high: float
+    null: float
+    direction: str
+    seeds: int
+    method: str
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+
+    @property
+    def interval(self) -> str:
+        """The interval as text, "[low, high]" (4 significant digits), or "" for an exact check."""
+        if self.kind != "empirical":
+            return ""
+        return f"[{self.low:.4g}, {self.high:.4g}]"
+
+    def describe(self) -> str:
+        """One line: statistic, estimate, interval, null and verdict."""
+        side = ">" if self.direction == "greater" else "<"
+        if self.method.startswith("equivalence"):
+            side = "="
+        if self.kind != "empirical":
+            return f"{self.statistic}: {self.estimate:.4g} ({self.method}) -> {self.verdict}"
+        return (
+            f"{self.statistic}: {self.estimate:.4g}, {round(100 * self.confidence)}% CI "
+            f"{self.interval} vs claim {side} {self.null:g} ({self.method}, {self.seeds} seeds) "
+            f"-> {self.verdict}"
+        )
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+
+
+def decide_interval(low: float, high: float, null: float, direction: str) -> str:
+    """holds if [low, high] lies on the claimed side of `null`, fails if on the other side,
+    inconclusive if it contains `null` (or is not finite)."""
+    _check_direction(direction)
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        return "inconclusive"
+    above, below = low > null, high < null
+    if direction == "greater":
+        return "holds" if above else "fails" if below else "inconclusive"
+    return "holds" if below else "fails" if above else "inconclusive"
+
+
+def exact(
+    ok: bool,
+    *,
+    kind: str = "identity",
+    statistic: str = "",
+    value: float = float("nan"),
+    method: str = "exact",
+    seeds: int = 0,
+) -> Decision:
+    """An identity or a numerical check: holds if `ok`, fails otherwise (never inconclusive)."""
+    if kind == "empirical":
+        raise ValueError("exact() decides identities and numerical checks; use an interval rule")
+    if not isinstance(ok, (bool, np.bool_)):
+        raise ValueError(f"ok must be a bool, got {type(ok).__name__}")
+    v = float(value)
+    return Decision(
+        "holds" if ok else "fails", kind, statistic, v, v, v, 0.0, "greater", seeds, method
+    )
+
+
+def _values(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {arr.tolist()}")
+    return arr
+
+
+def mean_over_seeds(
+    values: Sequence[float] | np.ndarray,
+    *,
+    null: float = 0.0,
+    direction: str = "greater",
+    confidence: float = 0.95,
+    statistic: str = "mean over seeds",
+    min_seeds: int = MIN_SEEDS,
+) -> Decision:
+    """Student t interval of the mean of one value per independent seed:
+
+        mean +- t_{(1+confidence)/2, s-1} * sd / sqrt(s),   sd with ddof = 1,
+
+    then :func:`decide_interval`. Needs at least `min_seeds` seeds (3 by default). If every seed
+    gives the same value the interval is that point (and decides exactly)."""
+    _check_direction(direction)
+    _check_confidence(confidence)
+    x = _values(values, "values")
+    if len(x) < max(2, min_seeds):
+        raise ValueError(f"need at least {max(2, min_seeds)} seeds, got {len(x)}")
+    mean = float(x.mean())
+    half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    low, high = mean - half, mean + half
+    return Decision(
+        decide_interval(low, high, null, direction),
+        "empirical",
+        statistic,
+        mean,
+        low,
+        high,
+        float(null),
+        direction,
+        len(x),
+        "Student t over seeds",
+        confidence,
+    )
+
+
+def paired_bootstrap(
+    a: Sequence | np.ndarray,
+    b: Sequence | np.ndarray,
+    *,
+    null: float = 0.0,
+    direction: str = "greater",
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+    statistic: str = "mean paired difference over prompts",
+    min_seeds: int = MIN_SEEDS,
+    seeds: int | None = None,
+) -> Decision:
+    """Paired percentile bootstrap over prompts of mean(a - b).
+
+    a, b: shape (prompts,) or (seeds, prompts), paired by prompt (and by seed). The per-prompt
+    difference is first averaged over seeds, then prompts are resampled with replacement
+    `resamples` times; the interval is the (1 -+ confidence)/2 quantiles of the resampled means.
+    With a seed axis, at least `min_seeds` seeds are required. One-dimensional data whose prompts
+    come from several independent replicates (tabular prompts share no parameters) may say how
+    many with `seeds`."""
+    _check_direction(direction)
+    _check_confidence(confidence)
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_arr.shape != b_arr.shape or a_arr.ndim not in (1, 2):
+        raise ValueError(
+            f"a and b must share a shape (prompts,) or (seeds, prompts): {a_arr.shape}"
+        )
+    if not (np.all(np.isfinite(a_arr)) and np.all(np.isfinite(b_arr))):
+        raise ValueError("a and b must be finite")
+    n_seeds = a_arr.shape[0] if a_arr.ndim == 2 else (seeds or 1)
+    if a_arr.ndim == 2 and seeds is not None:
+        raise ValueError("seeds is only for one-dimensional data (the seed axis counts itself)")
+    if a_arr.ndim == 2 and n_seeds < min_seeds:
+        raise ValueError(f"need at least {min_seeds} seeds, got {n_seeds}")
+    diff = (a_arr - b_arr).reshape(a_arr.shape[0] if a_arr.ndim == 2 else 1, -1).mean(0)
+    if len(diff) < 2:
+        raise ValueError("need at least 2 prompts to bootstrap")
+    if resamples < 100:
+        raise ValueError(f"resamples must be >= 100, got {resamples}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(resamples, len(diff)))
+    means = diff[idx].mean(1)
+    alpha = (1 - confidence) / 2
+    low, high = (float(q) for q in np.quantile(means, [alpha, 1 - alpha]))
+    return Decision(
+        decide_interval(low, high, null, direction),
+        "empirical",
+        statistic,
+        float(diff.mean()),
+        low,
+        high,
+        float(null),
+        direction,
+        n_seeds,
+        f"paired bootstrap over {len(diff)} prompts",
+        confidence,
+    )
+
+
+def proportion(
+    successes: int,
+    total: int,
+    *,
+    null: float = 0.5,
+    direction: str = "greater",
+    confidence: float = 0.95,
+    seeds: int = 1,
+    statistic: str = "fraction",
+) -> Decision:
+    """Wilson score interval of a proportion successes / total (Wilson 1927), then
+    :func:`decide_interval`. `seeds` records how many independent seeds the draws came from."""
+    _check_direction(direction)
+    _check_confidence(confidence)
+    if isinstance(total, bool) or int(total) != total or total < 1:
+        raise ValueError(f"total must be an integer >= 1, got {total}")
+    if int(successes) != successes or not 0 <= successes <= total:
+        raise ValueError(f"successes must be an integer in [0, total], got {successes}")
+    z = float(stats.norm.ppf((1 + confidence) / 2))
+    p = successes / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    # clamp to [0, 1] and to the estimate (round-off at k = 0 or k = total)
+    low, high = min(max(0.0, centre - half), p), max(min(1.0, centre + half), p)
+    return Decision(
+        decide_interval(low, high, null, direction),
+        "empirical",
+        statistic,
+        p,
+        low,
+        high,
+        float(null),
+        direction,
+        seeds,
+        f"Wilson interval over {total} draws",
+        confidence,
+    )
+
+
+def equivalence(
+    values: Sequence[float] | np.ndarray,
+    *,
+    target: float,
+    margin: float,
+    confidence: float = 0.95,
+    statistic: str = "mean over seeds",
+    min_seeds: int = MIN_SEEDS,
+) -> Decision:
+    """An equivalence claim, "the statistic equals `target` within +- `margin`" (margin fixed in
+    advance), by interval inclusion (Schuirmann's two one-sided tests; the 95% interval used here
+    is more conservative than their usual 90%):
+
+        holds         the Student-t interval over seeds lies inside [target - margin,
+                      target + margin],
+        fails         it lies entirely outside that band,
+        inconclusive  otherwise.
+    """
+    if not (math.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin must be finite and > 0, got {margin}")
+    d = mean_over_seeds(
+        values, null=target, confidence=confidence, statistic=statistic, min_seeds=min_seeds
+    )
+    lo_band, hi_band = target - margin, target + margin
+    if lo_band <= d.low and d.high <= hi_band:
+        verdict = "holds"
+    elif d.high < lo_band or d.low > hi_band:
+        verdict = "fails"
+    else:
+        verdict = "inconclusive"
+    return dataclasses.replace(
+        d, verdict=verdict, method=f"equivalence within +-{margin:g} ({d.method})"
+    )
+
+
+def alternatives(claim: Decision, rival: Decision) -> Decision:
+    """Two outcomes that exclude each other, each tested on its own (e.g. "escapes to the global
+    optimum" against "is trapped at the local one"): holds if `claim` holds, fails if `rival`
+    holds instead, inconclusive if neither is established (a run still undecided). The interval
+    reported is the claim's."""
+    if claim.verdict == "holds" and rival.verdict == "holds":
+        raise ValueError("both alternatives hold: they were meant to exclude each other")
+    verdict = (
+        "holds"
+        if claim.verdict == "holds"
+        else "fails"
+        if rival.verdict == "holds"
+        else ("inconclusive")
+    )
+    return dataclasses.replace(
+        claim, verdict=verdict, method=f"{claim.method}; rival: {rival.statistic}"
+    )
+
+
+def conjunction(parts: Sequence[Decision], statistic: str = "all parts") -> Decision:
+    """A claim made of several parts: holds if every part holds; partly if some part fails and
+    another holds (or a part is itself partly); fails if some part fails and none holds;
+    inconclusive otherwise (some part undecided, none failing). The kind is the weakest of the
+    parts (empirical > numerical > identity), seeds the smallest, and the interval that of the
+    first undecided or failing empirical part (else the first part)."""
+    if not parts:
+        raise ValueError("conjunction needs at least one part")
+    verdicts = [p.verdict for p in parts]
+    if all(v == "holds" for v in verdicts):
+        verdict = "holds"
+    elif "fails" in verdicts and ("holds" in verdicts or "partly" in verdicts):
+        verdict = "partly"
+    elif "fails" in verdicts:
+        verdict = "fails"  # a failing part sinks the claim; the rest are undecided
+    elif "partly" in verdicts:
+        verdict = "partly"
+    else:
+        verdict = "inconclusive"
+    kind = max((p.kind for p in parts), key=KINDS.index)
+    empirical = [p for p in parts if p.kind == "empirical"]
+    key = next(
+        (p for p in empirical if p.verdict != "holds"), empirical[0] if empirical else parts[0]
+    )
+    return Decision(
+        verdict,
+        kind,
+        statistic,
+        key.estimate,
+        key.low,
+        key.high,
+        key.null,
+        key.direction,
+        min((p.seeds for p in empirical), default=max(p.seeds for p in parts)),
+        "; ".join(dict.fromkeys(p.method for p in parts)),
+        key.confidence,
+    )
