@@ -207,6 +207,14 @@ def test_make_reproduce_with_an_unknown_notebook_fails_and_lists_them():
     assert "NB='99' matches no notebook" in proc.stderr and "01_theorem_3_1_symbolic" in proc.stderr
 
 
+def test_a_results_path_that_is_a_file_is_refused(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    proc = _make("reproduce", "NB=01", f"RESULTS={afile}")
+    assert proc.returncode != 0 and "is not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_the_makefile_installs_no_system_packages():
     text = (ROOT / "Makefile").read_text()
     for word in ("apt-get", "apt ", "sudo", "brew ", "dnf ", "yum "):

@@ -138,7 +138,12 @@ def reproduce(profile: str, prefixes: str | None, results: str | os.PathLike) ->
     notebooks = select(prefixes)
     root = notebooks[0].parent.parent
     results = Path(results).absolute()
-    results.mkdir(parents=True, exist_ok=True)
+    if results.exists() and not results.is_dir():
+        raise ValueError(f"RESULTS={results} exists and is not a folder")
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"RESULTS={results} cannot be created ({err.strerror or err})") from None
     remove_stale_temporaries(results)
     for nb in notebooks:
         print(f"== {nb.stem} (profile {profile})", flush=True)
