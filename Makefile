@@ -37,8 +37,7 @@ venv: $(STAMP)
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -e .
-	$(BIN)/python -m ipykernel install --sys-prefix --name companion \
-	  --display-name "Python (pass@k companion)" >/dev/null
+	$(BIN)/python -c "from companion.lab import ensure_kernel; ensure_kernel()"
 	touch $@
 
 lint: $(STAMP)

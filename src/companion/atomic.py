@@ -1,20 +1,31 @@
-"""Atomic file writes: write to a temporary file in the same folder, then os.replace().
+"""Safe file writes: atomic replacement, a blocking file lock, and output-folder checks.
 
-A reader (or a resumed run) therefore sees either the old file or the new one, never half of one.
-The temporary file is named ``.<name>.<pid>.<random>.tmp``; a process killed mid-write leaves it
-behind, and :func:`remove_stale_temporaries` deletes those whose writer is no longer alive.
+:func:`atomic_write` writes to a temporary file in the same folder, then os.replace(): a reader (or
+a resumed run) sees either the old file or the new one, never half of one. The temporary file is
+named ``.<name>.<pid>.<random>.tmp``; a process killed mid-write leaves it behind, and
+:func:`remove_stale_temporaries` deletes those whose writer is no longer alive.
+:func:`file_lock` serialises writers of a shared file (an exclusive ``fcntl.flock``, waiting for
+the holder); :func:`writable_dir` checks an output folder before any work starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_text", "remove_stale_temporaries"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_text",
+    "remove_stale_temporaries",
+    "file_lock",
+    "writable_dir",
+]
 
 _TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp(\.ipynb)?$")  # .ipynb: notebooks being executed
 
@@ -74,3 +85,34 @@ def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = True) 
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the file `path` (created if needed) for the block, waiting for
+    any other holder: concurrent writers of one shared file take turns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def writable_dir(path: str | os.PathLike | None, flag: str = "--out") -> Path:
+    """`path` as a folder we can write into (created if missing); ValueError naming `flag` if it
+    is empty, is a file, or cannot be written."""
+    if path is None or str(path).strip() == "":
+        raise ValueError(f"{flag} must name a folder, got an empty string")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} {folder} is not writable ({err.strerror or err})") from None
+    return folder

@@ -11,7 +11,8 @@ run at a time may use.
 * :func:`exclusive` takes an exclusive, non-blocking lock on ``<folder>/.lock`` (``fcntl.flock``):
   a second run into the same folder fails at once instead of clobbering the first. The lock is
   re-entrant within a process and released when the process dies, however it dies.
-* :func:`writable_dir` checks an output folder before any work starts.
+* :func:`writable_dir` (from :mod:`companion.atomic`) checks an output folder before any work
+  starts.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ import contextlib
 import fcntl
 import io
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, writable_dir
 
 __all__ = [
     "CheckpointError",
@@ -143,20 +143,3 @@ def exclusive(folder: str | os.PathLike) -> Iterator[Path]:
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         handle.close()
-
-
-def writable_dir(path: str | os.PathLike | None, flag: str = "--out") -> Path:
-    """`path` as a folder we can write into (created if missing); ValueError naming `flag` if it
-    is empty, is a file, or cannot be written."""
-    if path is None or str(path).strip() == "":
-        raise ValueError(f"{flag} must name a folder, got an empty string")
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{flag} {folder} exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise ValueError(f"{flag} {folder} is not writable ({err.strerror or err})") from None
-    return folder

@@ -19,16 +19,13 @@ Rows are keyed by (notebook, id): re-running a notebook replaces its rows.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
 import io
 import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, file_lock
 from .repro import results_dir
 from .verdicts import KINDS, MIN_SEEDS, VERDICTS, Decision
 
@@ -134,17 +131,6 @@ def read_all(results: Path | None = None) -> list[Claim]:
     return sorted(rows, key=lambda c: (c.notebook, c.id))
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _write(path: Path, rows: list[Claim]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -161,7 +147,7 @@ def record(claims: list[Claim], results: Path | None = None) -> list[Path]:
         raise ValueError("duplicate (notebook, id) among the claims recorded together")
     folder = claims_dir(results)
     written = []
-    with _locked(folder):
+    with file_lock(folder / ".lock"):
         for notebook in sorted({c.notebook for c in claims}):
             path = folder / f"{notebook}.csv"
             new = [c for c in claims if c.notebook == notebook]

@@ -45,8 +45,8 @@ __all__ = [
     "train_contextual",
     "multimodal_tabular",
     "late_slope",
+    "crossing",
     "at_matched",
-    "matched_table",
     "per_prompt_at",
     "matched_difference",
     "matched_difference_per_prompt",
@@ -96,13 +96,12 @@ def policy_metrics(
     out["best_mode_mass"] = float(pc.amax(1).mean())
     out["modes"] = float((pc >= mode_threshold).sum(1).to(torch.float64).mean())
     out["entropy"] = float(entropy(logits).mean())
-    q = pc / pc.sum(1, keepdim=True)
-    h_c = -(q * torch.log(q.clamp_min(1e-300))).sum(1)
-    out["correct_entropy"] = float(h_c.mean())
-    out["modes_eff"] = float(h_c.exp().mean())
+    trace = _prompt_trace(logits, correct, rare)
+    out["correct_entropy"] = float(trace["correct_entropy"].mean())
+    out["modes_eff"] = float(trace["modes_eff"].mean())
     if rare is not None:
         out["rare_mass"] = float((pi * rare).sum(1).mean())
-        out["rare_share"] = float((q * rare).sum(1).mean())
+        out["rare_share"] = float(trace["rare_share"].mean())
     return out
 
 
@@ -144,7 +143,8 @@ class TrainConfig:
 class TabularRun:
     """history: one row per recorded step (and group); first_signal: per prompt, the first step
     whose objective update (without the entropy bonus) was nonzero, or -1 if none; traces: per
-    prompt values at the recorded steps, "step" (T,) and "J1", "modes_eff", "rare_share" (T, P)."""
+    prompt values at the recorded steps, "step" (T,) and "J1", "correct_entropy", "modes_eff",
+    "rare_share" (with a rare mask) of shape (T, P) (see _prompt_trace)."""
 
     config: TrainConfig
     history: pd.DataFrame
@@ -203,13 +203,13 @@ def _run(
     gen = torch.Generator().manual_seed(cfg.seed)
     first = torch.full((correct.shape[0],), -1, dtype=torch.long)
     rows = []
-    traces: dict[str, list] = {"step": [], "J1": [], "modes_eff": [], "rare_share": []}
+    traces: dict[str, list] = {"step": []}
     for step in progress(range(cfg.steps + 1), desc=desc, leave=False):
         logits = logits_fn()
         if step % cfg.record_every == 0 or step == cfg.steps or step < cfg.record_first:
             rows.extend(_record(step, logits, correct, cfg, group, rare))
             for name, value in _prompt_trace(logits, correct, rare).items():
-                traces[name].append(value)
+                traces.setdefault(name, []).append(value)
             traces["step"].append(step)
         if step == cfg.steps:
             break
@@ -228,12 +228,13 @@ def _run(
 
 
 def _prompt_trace(logits: Tensor, correct: Tensor, rare: Tensor | None) -> dict[str, Tensor]:
-    """Per prompt: J_1, exp of the correct-mass entropy, and the rare answers' share of it."""
-    pi = torch.softmax(logits, -1)
-    pc = pi * correct
+    """Per prompt: J_1, the entropy H_c of the renormalised correct mass q, the effective number
+    of correct modes exp(H_c), and (with a `rare` mask) the rare answers' share of q."""
+    pc = torch.softmax(logits, -1) * correct
     j1 = pc.sum(1)
     q = pc / j1[:, None]
-    out = {"J1": j1, "modes_eff": (-(q * torch.log(q.clamp_min(1e-300))).sum(1)).exp()}
+    h_c = -(q * torch.log(q.clamp_min(1e-300))).sum(1)
+    out = {"J1": j1, "correct_entropy": h_c, "modes_eff": h_c.exp()}
     if rare is not None:
         out["rare_share"] = (q * rare).sum(1)
     return out
@@ -315,36 +316,29 @@ def late_slope(steps: np.ndarray, values: np.ndarray, start_fraction: float = 0.
     return float(np.polyfit(np.log(steps[keep]), np.log(values[keep]), 1)[0])
 
 
+def crossing(x: np.ndarray, target: float) -> tuple[int, int, float] | None:
+    """Where a recorded series first reaches `target`: (i0, i1, w) such that the crossing lies a
+    fraction w of the way from record i0 to record i1 (linear interpolation; i0 = i1, w = 1 if
+    the series starts at or above the target, or does not move); None if it never gets there."""
+    hit = np.flatnonzero(np.asarray(x, dtype=float) >= target)
+    if len(hit) == 0:
+        return None
+    i = int(hit[0])
+    if i == 0 or x[i] == x[i - 1]:
+        return i, i, 1.0
+    return i - 1, i, float((target - x[i - 1]) / (x[i] - x[i - 1]))
+
+
 def at_matched(history: pd.DataFrame, target: float, column: str, by: str = "J1") -> float:
     """`column` where the run first reaches `by` >= target, linearly interpolated between the two
     recorded steps around the crossing (NaN if the run never reaches it; the first row if it starts
     there). Comparing runs at matched J_1 removes the speed difference between objectives."""
-    x = history[by].to_numpy(dtype=float)
     y = history[column].to_numpy(dtype=float)
-    hit = np.flatnonzero(x >= target)
-    if len(hit) == 0:
+    cross = crossing(history[by].to_numpy(dtype=float), target)
+    if cross is None:
         return math.nan
-    i = int(hit[0])
-    if i == 0 or x[i] == x[i - 1]:
-        return float(y[i])
-    w = (target - x[i - 1]) / (x[i] - x[i - 1])
-    return float(y[i - 1] + w * (y[i] - y[i - 1]))
-
-
-def matched_table(
-    history: pd.DataFrame, levels: list[float], columns: list[str], by: str = "J1"
-) -> pd.DataFrame:
-    """One row per (group, level): each of `columns` at matched `by` = level (:func:`at_matched`),
-    NaN where that group's run never reached the level. Works with and without a "group" column."""
-    groups = history.groupby("group") if "group" in history else [(0, history)]
-    rows = []
-    for g, part in groups:
-        part = part.sort_values("step")
-        for level in levels:
-            row = {"group": g, "level": level}
-            row.update({c: at_matched(part, level, c, by) for c in columns})
-            rows.append(row)
-    return pd.DataFrame(rows)
+    i0, i1, w = cross
+    return float(y[i1]) if i0 == i1 else float(y[i0] + w * (y[i1] - y[i0]))
 
 
 def entropy_fixed_point(
@@ -425,20 +419,27 @@ def per_prompt_at(run: TabularRun, levels: list[float], column: str) -> Tensor:
     return out
 
 
+def _matched_pairs(
+    run_a: TabularRun, run_b: TabularRun, levels: list[float], column: str
+) -> tuple[Tensor, Tensor, list[float]]:
+    """(L, P) column(a) - column(b) at matched per-prompt J_1 (0 where not both reached), the
+    (L, P) mask of (level, prompt) pairs BOTH runs reach, and the levels that contributed."""
+    a, b = per_prompt_at(run_a, levels, column), per_prompt_at(run_b, levels, column)
+    both = ~(a.isnan() | b.isnan())
+    used = [lv for li, lv in enumerate(levels) if bool(both[li].any())]
+    return torch.where(both, a - b, 0.0), both, used
+
+
 def matched_difference(
     run_a: TabularRun, run_b: TabularRun, levels: list[float], column: str, group: Tensor
 ) -> tuple[np.ndarray, list[float]]:
     """Per group (replicate): the mean over (level, prompt) pairs that BOTH runs reach of
     column(a) - column(b) at matched per-prompt J_1; and the levels that contributed."""
-    a, b = per_prompt_at(run_a, levels, column), per_prompt_at(run_b, levels, column)
-    both = ~(a.isnan() | b.isnan())
-    diff = torch.where(both, a - b, 0.0)
+    diff, both, used = _matched_pairs(run_a, run_b, levels, column)
     out = []
     for g in torch.unique(group).tolist():
-        sel = both[:, group == g]
-        count = int(sel.sum())
+        count = int(both[:, group == g].sum())
         out.append(float(diff[:, group == g].sum() / count) if count else math.nan)
-    used = [lv for li, lv in enumerate(levels) if bool(both[li].any())]
     return np.asarray(out), used
 
 
@@ -448,12 +449,9 @@ def matched_difference_per_prompt(
     """Per prompt: the mean over the levels that BOTH runs reach for that prompt of column(a) -
     column(b) at matched J_1 (NaN where no level is shared); and the levels that contributed.
     Tabular prompts are independent, so these are independent units for a bootstrap."""
-    a, b = per_prompt_at(run_a, levels, column), per_prompt_at(run_b, levels, column)
-    both = ~(a.isnan() | b.isnan())
+    diff, both, used = _matched_pairs(run_a, run_b, levels, column)
     count = both.sum(0)
-    total = torch.where(both, a - b, 0.0).sum(0)
-    per = torch.where(count > 0, total / count.clamp_min(1), torch.tensor(math.nan))
-    used = [lv for li, lv in enumerate(levels) if bool(both[li].any())]
+    per = torch.where(count > 0, diff.sum(0) / count.clamp_min(1), torch.tensor(math.nan))
     return per.numpy(), used
 
 

@@ -25,17 +25,9 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["PROFILES", "Params", "check_profile", "injected_names"]
+__all__ = ["PROFILES", "Params", "injected_names"]
 
 PROFILES = ("ci", "full", "smoke")  # ci: the default CPU profile; full: one GPU; smoke: tests
-
-
-def check_profile(profile: object) -> str:
-    """The profile must be one of PROFILES ("ci" is the default CPU profile, "full" for a GPU,
-    "smoke" for the test suite)."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
-    return str(profile)
 
 
 def injected_names(namespace: dict[str, Any]) -> set[str]:

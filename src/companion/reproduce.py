@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import remove_stale_temporaries
+from .atomic import remove_stale_temporaries, writable_dir
 from .repro import repo_root
 
 __all__ = ["PROFILES", "notebooks_dir", "select", "reproduce", "execute"]
@@ -133,17 +133,9 @@ def reproduce(profile: str, prefixes: str | None, results: str | os.PathLike) ->
     write results/REPORT.md and return its path."""
     if profile not in PROFILES:
         raise ValueError(f"unknown PROFILE {profile!r}; use one of {', '.join(PROFILES)}")
-    if str(results).strip() == "":
-        raise ValueError("RESULTS must name a folder")
     notebooks = select(prefixes)
     root = notebooks[0].parent.parent
-    results = Path(results).absolute()
-    if results.exists() and not results.is_dir():
-        raise ValueError(f"RESULTS={results} exists and is not a folder")
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"RESULTS={results} cannot be created ({err.strerror or err})") from None
+    results = writable_dir(results, "RESULTS").absolute()
     remove_stale_temporaries(results)
     for nb in notebooks:
         print(f"== {nb.stem} (profile {profile})", flush=True)

@@ -30,7 +30,6 @@ uninterrupted one. Checkpoints hold plain data only and are loaded weights-only
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import math
 import time
@@ -43,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, objectives
-from .atomic import atomic_write_text, remove_stale_temporaries
+from .atomic import atomic_write_text, file_lock, remove_stale_temporaries
+from .dynamics import crossing
 from .evaluation import PathSet, RegimeRule, exact_metrics, kl_to_reference
 from .models import GPT, GPTConfig, pick_device
 from .models.generate import answer_mask, sample_iid, sample_swor, sequence_logprob
@@ -328,9 +328,7 @@ def load_or_pretrain(
     key = base_key(profile)
     dev = pick_device(device)
     task = build_task(profile.task)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(path.with_name(path.name + ".lock")):
         if path.exists():
             try:
                 saved = checkpoint.load(
@@ -651,20 +649,18 @@ def prompts_at_matched(
     split: str = "test",
 ) -> pd.Series | None:
     """Each `split` prompt's exact J_1 where the run first reaches `by` >= target, interpolated
-    between the two evaluations around the crossing with the weight of the aggregate (as
-    dynamics.at_matched does); None if the run never reaches it. metrics / prompts: one run's
-    metrics.csv and prompts.csv tables."""
+    between the two evaluations around the crossing with the weight of the aggregate (the same
+    dynamics.crossing as dynamics.at_matched); None if the run never reaches it. metrics /
+    prompts: one run's metrics.csv and prompts.csv tables."""
     m = metrics.sort_values("step")
-    x, steps = m[by].to_numpy(dtype=float), m.step.to_numpy()
-    hit = np.flatnonzero(x >= target)
-    if len(hit) == 0:
+    cross = crossing(m[by].to_numpy(dtype=float), target)
+    if cross is None:
         return None
-    i = int(hit[0])
-    w = 1.0 if i == 0 or x[i] == x[i - 1] else (target - x[i - 1]) / (x[i] - x[i - 1])
-    s0 = steps[max(i - 1, 0)]
+    i0, i1, w = cross
+    steps = m.step.to_numpy()
     p = prompts[prompts.split == split]
-    before = p[p.step == s0].set_index("prompt").j1
-    after = p[p.step == steps[i]].set_index("prompt").j1
+    before = p[p.step == steps[i0]].set_index("prompt").j1
+    after = p[p.step == steps[i1]].set_index("prompt").j1
     return before + w * (after - before)
 
 
