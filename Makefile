@@ -24,11 +24,12 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 NBVAL     := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .DELETE_ON_ERROR:
-.PHONY: venv test lint unit nbval execute reproduce html lab clean help
+.PHONY: venv test lint unit nbval test-dispatch execute reproduce html lab clean help
 
 help:
 	@echo "make reproduce [PROFILE=ci|full] [NB=01] [RESULTS=dir]  execute notebooks into results/"
 	@echo "make test                    ruff + pytest (incl. benchmark quick modes) + nbval (CI)"
+	@echo "make test-dispatch           after make test: nbval of 04 and 06 under AVX2 kernels (CI)"
 	@echo "make execute [NB=01]         regenerate the stored notebook outputs (ci profile)"
 	@echo "make html [RESULTS=dir]      render the results into results/site (after reproduce)"
 	@echo "make lab                     JupyterLab on notebooks/ with the project's kernel"
@@ -51,8 +52,23 @@ unit: $(STAMP)
 
 nbval: $(STAMP)
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "no notebooks to check"; else \
+	  rm -rf build/test-results/claims; \
 	  COMPANION_RESULTS=build/test-results $(BIN)/python -m pytest -q -n 2 --dist loadfile \
 	    $(NBVAL) -o testpaths= $(NOTEBOOKS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc; fi
+
+# Another CPU's kernels, emulated from outside (the library never sets these variables): nbval
+# re-executes the training notebooks with ATen and MKL held to AVX2 and compares them with the
+# same stored outputs; then their claims must equal those of `make nbval` (run first, as
+# `make test` does): the same verdicts, intervals and text. .ci/run runs it after `make test`.
+DISPATCH_NOTEBOOKS := $(sort $(wildcard notebooks/04_*.ipynb notebooks/06_*.ipynb))
+test-dispatch: $(STAMP)
+	@test -d build/test-results/claims || { echo "run make nbval (or make test) first"; exit 2; }
+	rm -rf build/test-results-dispatch
+	ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 \
+	  COMPANION_RESULTS=build/test-results-dispatch $(BIN)/python -m pytest -q -n 2 \
+	  --dist loadfile $(NBVAL) -o testpaths= $(DISPATCH_NOTEBOOKS)
+	$(BIN)/python -m companion compare-claims build/test-results build/test-results-dispatch \
+	  --nb "04 06"
 
 test: lint unit nbval
 

@@ -4,7 +4,7 @@
 Both trainers run GRPO on the same path-finding task from the SAME policy: the profile's
 pretrained base (`--init pretrained`, the default; RL starts from a base in practice) or a fresh
 initialisation (`--init fresh`), copied weight for weight into a Hugging Face GPT2LMHeadModel
-(same layers, heads and width, exact GELU, no dropout, tied embeddings; the copy's logits are
+(same layers, heads and width, ReLU, no dropout, tied embeddings; the copy's logits are
 checked against ours and the difference printed). Same batch (prompts x generations), same maximum
 completion length, same number of steps, temperature 1, CPU, one thread; TRL gets a word-level
 tokenizer built in memory over the task's tokens (nothing is downloaded). The reward given to TRL
@@ -89,7 +89,7 @@ def gpt2_copy(model: GPT, task) -> GPT2LMHeadModel:
             n_embd=cfg.n_embd,
             n_layer=cfg.n_layer,
             n_head=cfg.n_head,
-            activation_function="gelu",  # exact GELU, as ours
+            activation_function="relu",  # ReLU, as ours
             resid_pdrop=0.0,  # ours has no dropout
             embd_pdrop=0.0,
             attn_pdrop=0.0,
@@ -237,6 +237,13 @@ def main() -> None:
     ap.add_argument("--profile", default="ci")
     ap.add_argument("--init", choices=("pretrained", "fresh"), default="pretrained")
     ap.add_argument("--base", help="base file to reuse (pretrained there if missing)")
+    ap.add_argument(
+        "--numerics",
+        choices=train.NUMERICS,
+        default="float32",
+        help="our model's numerics (float32 by default, as TRL's; the CPU profiles' own is "
+        "'portable', float64)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke profile, fresh, 2 steps, 1 run")
     args = ap.parse_args()
     if args.quick:
@@ -247,6 +254,7 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
     prof = train.get_profile(args.profile)
+    prof = dataclasses.replace(prof, model=dataclasses.replace(prof.model, numerics=args.numerics))
     task = train.build_task(prof.task)
     b, n = prof.rl.batch_prompts, prof.rl.n
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,10 @@
    time spent in matrix-math kernels (mm, addmm, bmm, baddbmm, attention), in the other kernels
    (elementwise, reductions, copies), and in per-op framework overhead (the rest: Python, the
    dispatcher, autograd bookkeeping), with the number of tensor operations each runs.
-4. --estimate: time a few pretraining and RL steps of the `full` profile on this machine and
+4. Numerics: the RL step time of the CPU profiles' portable float64 kernels
+   (companion.models.portable: the same bits on every CPU) against torch's float32 kernels, on
+   the same model (cast), prompts and seed in the same run; ratio printed.
+5. --estimate: time a few pretraining and RL steps of the `full` profile on this machine and
    extrapolate one whole run (an estimate, not a measurement).
 
 The model is the profile's base after a short pretraining (at most --pretrain-steps steps), since
@@ -73,6 +76,17 @@ def kernel_split(fn) -> tuple[float, float, float, int]:
     other = sum(e.self_cpu_time_total for e in aten if e.name not in MATRIX_KERNELS) / 1e6
     calls = sum(1 for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten"))
     return cpu * 1e3, min(matrix / cpu, 1.0), min(other / cpu, 1.0 - min(matrix / cpu, 1.0)), calls
+
+
+def with_numerics(model, numerics: str):
+    """A copy of `model` that computes with `numerics` ("portable": float64 weights and the
+    portable kernels; "float32": torch's kernels in float32)."""
+    from companion.models import GPT
+
+    twin = GPT(dataclasses.replace(model.cfg, portable=numerics == "portable"))
+    twin.to(torch.float64 if numerics == "portable" else torch.float32)
+    twin.load_state_dict(model.state_dict())
+    return twin.eval()
 
 
 def main() -> None:
@@ -157,6 +171,22 @@ def main() -> None:
                 f"  {name:<19} {cpu:7.1f} ms: matrix math {matrix:6.1%}, other tensor ops "
                 f"{other:6.1%}, framework overhead {1 - matrix - other:6.1%} ({ops} tensor ops)"
             )
+
+        print("\nnumerics, the same RL steps from the same weights (best of --repeats):")
+        per_step = {}
+        for numerics in ("float32", "portable"):
+            twin = with_numerics(model, numerics)
+            best = float("inf")
+            for r in range(args.repeats):
+                t0 = time.perf_counter()
+                train.train_rl(twin, task, cfg, Path(tmp) / f"{numerics}{r}", progress=False)
+                best = min(best, time.perf_counter() - t0)
+            per_step[numerics] = best / args.steps
+            print(f"  {numerics:<9} {per_step[numerics] * 1e3:8.1f} ms per step (with evaluations)")
+        print(
+            f"  portable / float32: {per_step['portable'] / per_step['float32']:.2f} x the time "
+            "(the price of CPU-independent numbers)"
+        )
 
         if args.estimate:
             full = train.get_profile("full")

@@ -132,3 +132,46 @@ def test_report_renders_claim_text_as_text_not_markup(tmp_path):
     text = report.build(tmp_path).read_text()
     assert "<img" not in text and "<script>" not in text
     assert "&lt;img src=x" in text and "&amp;" in text
+
+
+def test_fragile_rows_are_marked_and_named(capsys):
+    from companion import verdicts as vd
+
+    near = vd.mean_over_seeds([0.2, -0.1, 0.5, 0.3])  # the interval edge sits near 0
+    far = vd.mean_over_seeds([5.0, 5.1, 4.9])
+    rows = [
+        claims.from_decision("near", "c", "p", "nb", near),
+        claims.from_decision("far", "c", "p", "nb", far),
+    ]
+    assert near.fragile and rows[0].fragile == "yes" and rows[1].fragile == ""
+    claims.show(rows)
+    out = capsys.readouterr().out
+    assert "] near: c" in out and "] far: c" in out
+    assert out.strip().splitlines()[-1].endswith("other seeds may decide otherwise): near")
+    with pytest.raises(ValueError, match="fragile"):
+        claims.Claim("x", "c", "p", "nb", "identity", "m", "holds", fragile="yes")
+
+
+def test_differences_name_the_verdict_first_and_one_sided_claims():
+    from dataclasses import replace
+
+    a = claims.Claim("x", "c", "p", "nb", "identity", "m", "holds")
+    b = replace(a, verdict="fails", measured="m2")
+    c = replace(a, id="y")
+    lines = claims.differences([a, c], [b])
+    assert lines[0] == "nb/x: verdict 'holds' != 'fails'"
+    assert "nb/x: measured 'm' != 'm2'" in lines and "nb/y: only in the first run" in lines
+    assert claims.differences([a], [a]) == []
+
+
+def test_compare_claims_command_fails_on_a_difference(tmp_path, capsys):
+    from companion import cli
+
+    row = claims.Claim("x", "c", "p", "04_nb", "identity", "m", "holds")
+    claims.record([row], tmp_path / "a")
+    claims.record([row], tmp_path / "b")
+    assert cli.main(["compare-claims", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    claims.record([claims.Claim("x", "c", "p", "04_nb", "identity", "m", "fails")], tmp_path / "b")
+    assert cli.main(["compare-claims", str(tmp_path / "a"), str(tmp_path / "b"), "--nb", "04"]) == 1
+    assert "verdict 'holds' != 'fails'" in capsys.readouterr().out
+    assert cli.main(["compare-claims", str(tmp_path / "a"), str(tmp_path / "none")]) == 2

@@ -20,6 +20,7 @@ from companion.models.generate import (
     sequence_logprob,
 )
 from companion.models.gpt import causal_attention
+from companion.models.portable import NATIVE
 
 
 def tiny(vocab=5, block=8, scale=8.0, seed=0):
@@ -318,6 +319,8 @@ def test_iid_sampling_matches_the_exact_sequence_law():
 def test_iid_sampling_never_draws_an_impossible_token():
     class Masked(torch.nn.Module):
         """Only tokens 1 and 3 (EOS) have probability > 0, whatever the prefix."""
+
+        ops = NATIVE
 
         def __init__(self):
             super().__init__()

@@ -142,3 +142,18 @@ def test_alternatives_branches():
     assert v.alternatives(down, unsure).verdict == "inconclusive"  # not established either way
     with pytest.raises(ValueError, match="both"):
         v.alternatives(up, up)
+
+
+def test_margin_in_standard_errors_and_fragility():
+    # interval [0.1, 2.1] around 1.1 with z = 1.96: SE = 2 / 3.92; the lower edge is 0.1 from 0
+    d = v.Decision("holds", "empirical", "x", 1.1, 0.1, 2.1, 0.0, "greater", 5, "t")
+    assert d.margin_se == pytest.approx(0.1 / (2.0 / (2 * 1.959963984540054)))
+    assert d.fragile
+    far = v.mean_over_seeds([5.0, 5.1, 4.9, 5.05, 4.95])
+    assert far.margin_se > 10 and not far.fragile
+    # an equivalence decision is measured against the nearer end of its band
+    eq = v.equivalence([1.0, 1.01, 0.99, 1.0], target=1.0, margin=0.02)
+    se = (eq.high - eq.low) / (2 * 1.959963984540054)
+    assert eq.band == 0.02
+    assert eq.margin_se == pytest.approx(min(eq.low - 0.98, 1.02 - eq.high) / se)
+    assert math.isnan(v.exact(True).margin_se) and not v.exact(True).fragile

@@ -3,7 +3,7 @@
 Each notebook owns one file, ``results/claims/<notebook>.csv``, so notebooks that run at the same
 time (``make nbval`` runs two) never write the same file; ``report`` and ``html`` merge them.
 
-Columns: id, claim, paper, notebook, kind, measured, verdict, seeds, interval, figure.
+Columns: id, claim, paper, notebook, kind, measured, verdict, seeds, interval, figure, fragile.
 
 * ``kind``: ``identity`` (true by algebra: checking it verifies our code), ``numerical`` (an exact
   or deterministic computation) or ``empirical`` (sampled runs).
@@ -11,6 +11,9 @@ Columns: id, claim, paper, notebook, kind, measured, verdict, seeds, interval, f
   :mod:`companion.verdicts` from the notebook's own numbers, never typed by hand.
 * ``seeds``: how many independent seeds stand behind the row; ``interval``: the 95% interval of the
   statistic that decides it. Empirical rows need at least 3 seeds and an interval.
+* ``fragile``: "yes" when an empirical verdict's interval edge lies within
+  ``verdicts.FRAGILE_SE`` standard errors of its null (or of an equivalence bound): another draw
+  of seeds may decide otherwise. Notebooks name these rows (:func:`show`).
 * ``paper``: what arXiv 2511.16231 itself states (e.g. "Thm 3.1"), or "raised by the companion:
   ...", "beyond the paper: ...", or another paper's citation.
 
@@ -27,9 +30,19 @@ from pathlib import Path
 
 from .atomic import atomic_write_text, file_lock
 from .repro import results_dir
-from .verdicts import KINDS, MIN_SEEDS, VERDICTS, Decision
+from .verdicts import FRAGILE_SE, KINDS, MIN_SEEDS, VERDICTS, Decision
 
-__all__ = ["Claim", "COLUMNS", "from_decision", "record", "read", "read_all", "claims_dir"]
+__all__ = [
+    "Claim",
+    "COLUMNS",
+    "from_decision",
+    "record",
+    "read",
+    "read_all",
+    "claims_dir",
+    "differences",
+    "show",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -48,6 +61,7 @@ class Claim:
     seeds: int = 0
     interval: str = ""
     figure: str = ""
+    fragile: str = ""
 
     def __post_init__(self) -> None:
         if not self.id or not self.notebook:
@@ -72,6 +86,8 @@ class Claim:
                 raise ValueError(f"claim {self.id}: an empirical claim needs its interval")
         elif self.verdict == "inconclusive":
             raise ValueError(f"claim {self.id}: a {self.kind} check holds or fails")
+        if self.fragile not in ("", "yes") or (self.fragile and self.kind != "empirical"):
+            raise ValueError(f"claim {self.id}: fragile is 'yes' or '' (empirical claims only)")
 
 
 COLUMNS = [f.name for f in fields(Claim)]
@@ -99,6 +115,7 @@ def from_decision(
         seeds=decision.seeds,
         interval=decision.interval,
         figure=figure,
+        fragile="yes" if decision.fragile else "",
     )
 
 
@@ -155,3 +172,36 @@ def record(claims: list[Claim], results: Path | None = None) -> list[Path]:
             _write(path, [c for c in read(path) if c.id not in ids] + new)
             written.append(path)
     return written
+
+
+def differences(a: list[Claim], b: list[Claim]) -> list[str]:
+    """What differs between two sets of claims (two runs of the same notebooks), one line per
+    claim: a claim on one side only, or a column that differs (verdict first). Empty when the
+    two are the same; `python -m companion compare-claims A B` fails on any line."""
+    left = {(c.notebook, c.id): c for c in a}
+    right = {(c.notebook, c.id): c for c in b}
+    lines = []
+    for key in sorted(set(left) | set(right)):
+        name = "/".join(key)
+        if key not in right or key not in left:
+            lines.append(f"{name}: only in the {'first' if key in left else 'second'} run")
+            continue
+        x, y = asdict(left[key]), asdict(right[key])
+        for column in ["verdict"] + [c for c in COLUMNS if c != "verdict"]:
+            if x[column] != y[column]:
+                lines.append(f"{name}: {column} {x[column]!r} != {y[column]!r}")
+    return lines
+
+
+def show(rows: list[Claim]) -> None:
+    """Print the claims a notebook records, one block each (``[verdict] id: claim``, then what was
+    measured), and name the fragile ones last. companion.site links each claim to the cell whose
+    output prints its ``] id:`` line."""
+    for c in rows:
+        print(f"[{c.verdict:>12}] {c.id}: {c.claim}\n    measured: {c.measured}")
+    fragile = [c.id for c in rows if c.fragile]
+    if fragile:
+        print(
+            f"fragile (an interval edge within {FRAGILE_SE:g} standard error of the null or of an "
+            f"equivalence bound; other seeds may decide otherwise): {', '.join(fragile)}"
+        )

@@ -27,7 +27,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 # commands that need neither torch nor the model (parsed without importing them: fast)
-LIGHT = ("reproduce", "execute", "report", "html")
+LIGHT = ("reproduce", "execute", "report", "html", "compare-claims")
 
 
 def _finite(text: str) -> float:
@@ -61,6 +61,12 @@ def _light_parsers(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--results", default=None, help="results folder (default: results/)")
     h = sub.add_parser("html", help="render the results folder into a static site (results/site)")
     h.add_argument("--results", default=None, help="results folder (default: results/)")
+    c = sub.add_parser(
+        "compare-claims", help="fail unless two results folders hold the same claims"
+    )
+    c.add_argument("first", help="a results folder (its claims/ is read)")
+    c.add_argument("second", help="another results folder")
+    c.add_argument("--nb", default="", help="notebook prefixes to compare (default: all)")
 
 
 def _parser(light_only: bool = False) -> argparse.ArgumentParser:
@@ -215,6 +221,29 @@ def _notebooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_claims(args: argparse.Namespace) -> int:
+    import re
+
+    from . import claims
+
+    prefixes = [t for t in re.split(r"[\s,]+", args.nb) if t]
+    sides = []
+    for folder in (args.first, args.second):
+        rows = claims.read_all(Path(folder))
+        rows = [c for c in rows if not prefixes or c.notebook.startswith(tuple(prefixes))]
+        if not rows:
+            raise ValueError(f"no claims under {Path(folder) / 'claims'} for {args.nb or 'any'}")
+        sides.append(rows)
+    lines = claims.differences(*sides)
+    for line in lines:
+        print(line)
+    print(
+        f"{len(sides[0])} and {len(sides[1])} claims: "
+        + (f"{len(lines)} differences" if lines else "identical (verdicts, intervals, text)")
+    )
+    return 1 if lines else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     light = bool(argv) and argv[0] in LIGHT
@@ -231,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command in ("reproduce", "execute"):
             return _notebooks(args)
+        if args.command == "compare-claims":
+            return _compare_claims(args)
         from .repro import results_dir
 
         results = Path(args.results) if args.results else results_dir()

@@ -62,7 +62,9 @@ def render(claims: list[Claim]) -> str:
         "",
         "Kinds: *identity* (true by algebra; checking it verifies our code), *numerical* (an exact",
         "or deterministic computation), *empirical* (sampled runs: decided from a 95% interval",
-        "over seeds or prompts; *inconclusive* when the interval contains the null).",
+        "over seeds or prompts; *inconclusive* when the interval contains the null). A verdict",
+        "marked *fragile* has an interval edge within one standard error of its null (or of an",
+        "equivalence bound): another draw of seeds may decide otherwise.",
         "",
         "| claim | kind | where the paper states it | notebook (figure) | measured | seeds "
         "| 95% interval | verdict |",
@@ -72,7 +74,8 @@ def render(claims: list[Claim]) -> str:
         where = c.notebook + (f" ({c.figure})" if c.figure else "")
         lines.append(
             f"| {_cell(c.claim)} | {c.kind} | {_cell(c.paper)} | {_cell(where)} "
-            f"| {_cell(c.measured)} | {c.seeds} | {_cell(c.interval) or '-'} | {c.verdict} |"
+            f"| {_cell(c.measured)} | {c.seeds} | {_cell(c.interval) or '-'} | {c.verdict}"
+            f"{' (fragile)' if c.fragile else ''} |"
         )
     return "\n".join(lines) + "\n"
 

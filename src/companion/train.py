@@ -29,6 +29,7 @@ uninterrupted one. Checkpoints hold plain data only and are loaded weights-only
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -39,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint, objectives
 from .atomic import atomic_write_text, file_lock, remove_stale_temporaries
@@ -121,15 +121,34 @@ class TaskConfig:
     seed: int = 0
 
 
+NUMERICS = ("portable", "float32")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
+    """The GPT's size, and how it computes.
+
+    numerics "portable" (the CPU profiles): float64 weights and the kernels of
+    :mod:`companion.models.portable`, which give the same bits under every CPU dispatch (AVX-512,
+    AVX2, scalar; MKL's code paths), so the stored outputs are what any x86-64 machine computes.
+    "float32": torch's own kernels in float32, for the GPU profile (fast, not portable)."""
+
     n_layer: int = 2
     n_head: int = 4
     n_embd: int = 64
+    numerics: str = "portable"
 
     def __post_init__(self) -> None:
         _integers(self, ("n_layer", "n_head", "n_embd"))
         _positive(self, ("n_layer", "n_head", "n_embd"))
+        if self.numerics not in NUMERICS:
+            raise ValueError(
+                f"ModelConfig.numerics must be one of {NUMERICS}, got {self.numerics!r}"
+            )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64 if self.numerics == "portable" else torch.float32
 
 
 @dataclass(frozen=True)
@@ -210,7 +229,7 @@ PROFILES: dict[str, Profile] = {
     # one GPU: larger graph and model, more steps and prompts
     "full": Profile(
         TaskConfig(n_nodes=64, window=6, max_distance=12, rl_fraction=0.5),
-        ModelConfig(n_layer=4, n_head=8, n_embd=256),
+        ModelConfig(n_layer=4, n_head=8, n_embd=256, numerics="float32"),
         PretrainConfig(steps=3000, batch=512, lr=1e-3, select_every=100),
         RLConfig(n=32, batch_prompts=64, steps=300, eval_every=10, kl_samples=16),
     ),
@@ -240,8 +259,11 @@ def build_task(cfg: TaskConfig) -> DagTask:
 
 def build_model(task: DagTask, cfg: ModelConfig, device: torch.device) -> GPT:
     """A freshly initialised GPT sized for `task` (vocabulary, prompt + answer length)."""
-    gcfg = GPTConfig(task.vocab_size, 3 + task.max_new_tokens, cfg.n_layer, cfg.n_head, cfg.n_embd)
-    return GPT(gcfg).to(device)
+    portable = cfg.numerics == "portable"
+    gcfg = GPTConfig(
+        task.vocab_size, 3 + task.max_new_tokens, cfg.n_layer, cfg.n_head, cfg.n_embd, portable
+    )
+    return GPT(gcfg).to(device=device, dtype=cfg.dtype)
 
 
 def _pair_weights(task: DagTask, cfg: PretrainConfig) -> torch.Tensor:
@@ -268,7 +290,7 @@ def pretrain(
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
     model = build_model(task, model_cfg, dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt = model.ops.adamw(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.seed)
     weights = _pair_weights(task, cfg)
     # the rule is checked on the RL *train* prompts: selection never looks at the test prompts
@@ -282,7 +304,7 @@ def pretrain(
         logits = model(seq[:, :-1])[:, 2:]
         target = seq[:, 3:]
         mask = answer_mask(target, task.eos)
-        loss = F.cross_entropy(logits[mask], target[mask])
+        loss = model.ops.cross_entropy(logits[mask], target[mask])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -399,7 +421,7 @@ def evaluate_sampled(
 def _make_optimizer(model: GPT, cfg: RLConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, foreach=True)
+    return model.ops.adamw(model.parameters(), lr=cfg.lr, weight_decay=0.0)
 
 
 def _rl_step(
@@ -433,11 +455,11 @@ def _rl_step(
     logp, ent = sequence_logprob(
         model, prompts.repeat_interleave(n, 0), answers.view(b * n, -1), task.eos, cfg.temperature
     )
-    loss = -(w.float() * logp.view(b, n)).sum(1).mean() - cfg.entropy * ent.mean()
+    loss = -(w.to(logp.dtype) * logp.view(b, n)).sum(1).mean() - cfg.entropy * ent.mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    grad_norm = float(model.ops.clip_grad_norm_(list(model.parameters()), clip))
     opt.step()
     t4 = time.perf_counter()
     for key, dt in (
@@ -566,8 +588,7 @@ def _train_rl(
     )
     dev = pick_device(cfg.device) if cfg.device else next(base.parameters()).device
     base = base.to(dev).eval()
-    model = GPT(base.cfg).to(dev)
-    model.load_state_dict(base.state_dict())
+    model = copy.deepcopy(base)
     opt = _make_optimizer(model, cfg)
     obj = objectives.get(cfg.objective, **cfg.objective_params)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)

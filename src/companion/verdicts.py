@@ -49,12 +49,14 @@ __all__ = [
     "equivalence",
     "alternatives",
     "conjunction",
+    "FRAGILE_SE",
 ]
 
 KINDS = ("identity", "numerical", "empirical")
 VERDICTS = ("holds", "fails", "partly", "inconclusive")
 DIRECTIONS = ("greater", "less")
 MIN_SEEDS = 3  # empirical claims need at least this many independent seeds
+FRAGILE_SE = 1.0  # a verdict is fragile when an interval edge lies this close (in SE) to a null
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Decision:
     null, direction: the claim is "statistic > null" (direction "greater") or "< null" ("less").
     seeds: the number of independent seeds behind it (0 for an identity).
     method: how the interval was computed.
+    band: for an equivalence claim, the margin: the claim is "statistic within null +- band".
     """
 
     verdict: str
@@ -79,6 +82,7 @@ class Decision:
     seeds: int
     method: str
     confidence: float = 0.95
+    band: float | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -94,6 +98,28 @@ class Decision:
         if self.kind != "empirical":
             return ""
         return f"[{self.low:.4g}, {self.high:.4g}]"
+
+    @property
+    def margin_se(self) -> float:
+        """How far the verdict is from changing, in standard errors: the distance from the
+        nearer interval edge to the nearest decision point (the null, or the two ends of an
+        equivalence band), over SE = (high - low) / (2 z). NaN for exact checks and for an
+        interval of zero width."""
+        if self.kind != "empirical" or not self.high > self.low:
+            return math.nan
+        z = float(stats.norm.ppf((1 + self.confidence) / 2))
+        se = (self.high - self.low) / (2 * z)
+        points = (
+            [self.null] if self.band is None else [self.null - self.band, self.null + self.band]
+        )
+        return min(min(abs(self.low - p), abs(self.high - p)) for p in points) / se
+
+    @property
+    def fragile(self) -> bool:
+        """An empirical verdict whose interval edge lies within FRAGILE_SE standard errors of a
+        decision point: another draw of seeds (or another CPU, before the portable kernels) can
+        change it."""
+        return self.margin_se < FRAGILE_SE
 
     def describe(self) -> str:
         """One line: statistic, estimate, interval, null and verdict."""
@@ -329,7 +355,7 @@ def equivalence(
     else:
         verdict = "inconclusive"
     return dataclasses.replace(
-        d, verdict=verdict, method=f"equivalence within +-{margin:g} ({d.method})"
+        d, verdict=verdict, method=f"equivalence within +-{margin:g} ({d.method})", band=margin
     )
 
 
@@ -388,4 +414,5 @@ def conjunction(parts: Sequence[Decision], statistic: str = "all parts") -> Deci
         min((p.seeds for p in empirical), default=max(p.seeds for p in parts)),
         "; ".join(dict.fromkeys(p.method for p in parts)),
         key.confidence,
+        key.band,
     )

@@ -117,7 +117,7 @@ def sample_iid(
         logits = model(prompts, cache)[:, -1]  # per cache row; row j continues cache row node[j]
         node = torch.arange(b, device=device).repeat_interleave(n)
     for i in range(max_new):
-        logp = F.log_softmax(logits.double() / temperature, -1).index_select(0, node)
+        logp = model.ops.log_softmax(logits.double() / temperature, -1).index_select(0, node)
         tok = torch.where(done, pad, _draw(logp, generator))
         logp_sum += torch.where(done, 0.0, logp.gather(1, tok[:, None])[:, 0])
         out[:, i] = tok
@@ -183,7 +183,7 @@ def sample_swor(
     done = torch.zeros(b, n, dtype=torch.bool, device=device)
     out = torch.full((b, n, max_new), pad, dtype=torch.long, device=device)
     for i in range(max_new):
-        logp = F.log_softmax(logits.double() / temperature, -1).view(b, n, vocab)
+        logp = model.ops.log_softmax(logits.double() / temperature, -1).view(b, n, vocab)
         only_pad = torch.full((vocab,), float("-inf"), dtype=torch.float64, device=device)
         only_pad[pad] = 0.0
         logp = torch.where(done[..., None], only_pad, logp)
@@ -267,11 +267,15 @@ def forward_stages(need: Tensor) -> list[int]:
     return cuts[::-1]
 
 
-def _token_scores(logits: Tensor, targets: Tensor, counted: Tensor, temperature: float):
+def _token_scores(
+    logits: Tensor, targets: Tensor, counted: Tensor, temperature: float, log_softmax
+):
     """Per row: sum of log softmax(logits / tau)[target] and of the full-vocabulary entropy over
-    the counted positions. logits (R, T, V), targets and counted (R, T)."""
-    logits = logits.float() / temperature if temperature != 1.0 else logits.float()
-    logp = F.log_softmax(logits, -1)
+    the counted positions. logits (R, T, V), targets and counted (R, T); `log_softmax`: the
+    model's kernel (companion.models.portable)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32
+    logits = logits / temperature if temperature != 1.0 else logits
+    logp = log_softmax(logits, -1)
     tok_logp = logp.gather(-1, targets[..., None])[..., 0]
     ent = -(logp.exp() * logp).sum(-1)
     mask = counted.to(logp.dtype)
@@ -308,7 +312,8 @@ def sequence_logprob(
     owner = first.cumsum(0) - 1
     cache = model.new_cache(int(first.sum()), grow=True)
     logits = model(rows[first, :p], cache)[:, -1:].index_select(0, owner)  # first answer token
-    logp, ent = _token_scores(logits, answers[:, :1], counted[:, :1], temperature)
+    lsm = model.ops.log_softmax
+    logp, ent = _token_scores(logits, answers[:, :1], counted[:, :1], temperature, lsm)
     cache.reorder(owner)
     live = torch.arange(len(rows), device=rows.device)  # the rows the cache holds
     need = length - 1  # answer tokens a row feeds back: all its counted ones but the last
@@ -320,7 +325,7 @@ def sequence_logprob(
             live = live[keep]
         logits = model(answers[live, a:b], cache)  # predicts answer tokens a + 1 .. b
         lp, en = _token_scores(
-            logits, answers[live, a + 1 : b + 1], counted[live, a + 1 : b + 1], temperature
+            logits, answers[live, a + 1 : b + 1], counted[live, a + 1 : b + 1], temperature, lsm
         )
         logp, ent = logp.index_add(0, live, lp), ent.index_add(0, live, en)
     mean_ent = ent / length.clamp_min(1)

@@ -1,4 +1,4 @@
-"""A tiny GPT (nanoGPT-style: pre-LayerNorm blocks, causal self-attention, GELU MLP, tied
+"""A tiny GPT (nanoGPT-style: pre-LayerNorm blocks, causal self-attention, ReLU MLP, tied
 embeddings) with a KV cache: preallocated for batched sampling, or autograd-safe for scoring rows
 that share a prefix."""
 
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from .portable import NATIVE, PORTABLE, Kernels
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "causal_attention", "pick_device"]
 
@@ -27,6 +29,7 @@ class GPTConfig:
     n_layer: int = 2
     n_head: int = 4
     n_embd: int = 64
+    portable: bool = False  # float64 kernels with the same bits on every CPU (models.portable)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -82,7 +85,7 @@ class KVCache:
         self.kv = [kv.index_select(0, index) for kv in self.kv]
 
 
-def causal_attention(q: Tensor, kv: Tensor, start: int) -> Tensor:
+def causal_attention(q: Tensor, kv: Tensor, start: int, ops: Kernels = NATIVE) -> Tensor:
     """softmax(q k^T / sqrt(D) + M) v (Vaswani et al. 2017, eq. 1) per head, with the causal mask
     M[i, j] = 0 if j <= start + i, else -inf: the queries (B, t, H, D) sit at absolute positions
     start .. start + t - 1, the keys kv[:, :, 0] and values kv[:, :, 1] (B, start + t, 2, H, D) at
@@ -91,18 +94,28 @@ def causal_attention(q: Tensor, kv: Tensor, start: int) -> Tensor:
     Plain tensor operations rather than the fused kernel, which for the short sequences and small
     heads of these models costs more (its CPU backward pass dominated the training step;
     benchmarks/rollout.py): one new token (t = 1) sees every key, a weighted sum with no mask;
-    otherwise two batched matrix products."""
+    otherwise two batched matrix products. `ops`: the kernels (companion.models.portable)."""
     b, t, h, d = q.shape
     s = kv.shape[1]
     q = q * d**-0.5
     k, v = kv[:, :, 0], kv[:, :, 1]
     if t == 1:
-        weights = torch.softmax((q * k).sum(-1, keepdim=True), 1)  # (B, s, H, 1)
+        weights = ops.softmax((q * k).sum(-1, keepdim=True), 1)  # (B, s, H, 1)
         return (weights * v).sum(1, keepdim=True)
     qh, kh, vh = (z.transpose(1, 2).reshape(b * h, -1, d) for z in (q, k, v))
     mask = torch.full((t, s), float("-inf"), device=q.device, dtype=q.dtype).triu(start + 1)
-    y = torch.bmm(torch.softmax(torch.baddbmm(mask, qh, kh.transpose(1, 2)), -1), vh)
+    y = ops.matmul(ops.softmax(ops.matmul(qh, kh.transpose(1, 2)) + mask, -1), vh)
     return y.view(b, h, t, d).transpose(1, 2)
+
+
+@torch.no_grad()
+def _normal_(param: Tensor, std: float) -> None:
+    """param ~ N(0, std^2), drawn in float64 from the global generator and then cast.
+
+    float32 `normal_` draws other numbers on CPUs without AVX2 (ATen's vectorised Box-Muller),
+    so the same seed would give another initial model there; float64 `randn` is the same
+    everywhere."""
+    param.copy_(torch.randn(param.shape, dtype=torch.float64) * std)
 
 
 class Block(nn.Module):
@@ -114,20 +127,23 @@ class Block(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(), nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.ReLU(), nn.Linear(4 * cfg.n_embd, cfg.n_embd)
         )
 
-    def forward(self, x: Tensor, layer: int, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, layer: int, cache: KVCache | None, ops: Kernels) -> Tensor:
         b, t, c = x.shape
-        qkv = self.qkv(self.ln1(x)).view(b, t, 3, self.n_head, c // self.n_head)
+        fc, out = self.mlp[0], self.mlp[2]
+        h = ops.layer_norm(x, self.ln1.weight, self.ln1.bias, self.ln1.eps)
+        qkv = ops.linear(h, self.qkv.weight, self.qkv.bias).view(b, t, 3, self.n_head, -1)
         q, kv = qkv[:, :, 0], qkv[:, :, 1:]
         start = 0
         if cache is not None:
             start = cache.length
             kv = cache.append(layer, kv)
-        y = causal_attention(q, kv, start).reshape(b, t, c)
-        x = x + self.proj(y)
-        return x + self.mlp(self.ln2(x))
+        y = causal_attention(q, kv, start, ops).reshape(b, t, c)
+        x = x + ops.linear(y, self.proj.weight, self.proj.bias)
+        h = ops.layer_norm(x, self.ln2.weight, self.ln2.bias, self.ln2.eps)
+        return x + ops.linear(torch.relu(ops.linear(h, fc.weight, fc.bias)), out.weight, out.bias)
 
 
 class GPT(nn.Module):
@@ -145,16 +161,21 @@ class GPT(nn.Module):
         self.apply(self._init)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+                _normal_(p, 0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
     def _init(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.02)
+            _normal_(module.weight, 0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, 0.0, 0.02)
+            _normal_(module.weight, 0.02)
+
+    @property
+    def ops(self) -> Kernels:
+        """The kernels this model computes with: PORTABLE (cfg.portable) or NATIVE."""
+        return PORTABLE if self.cfg.portable else NATIVE
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -173,8 +194,10 @@ class GPT(nn.Module):
                 f"sequence of {start + t} tokens exceeds block_size {self.cfg.block_size}"
             )
         x = self.tok(idx) + self.pos.weight[start : start + t]
+        ops = self.ops
         for layer, block in enumerate(self.blocks):
-            x = block(x, layer, cache)
+            x = block(x, layer, cache, ops)
         if cache is not None:
             cache.length += t
-        return self.head(self.ln_f(x))
+        h = ops.layer_norm(x, self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        return ops.linear(h, self.head.weight, None)
