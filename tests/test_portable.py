@@ -153,14 +153,16 @@ torch.set_num_threads(1)
 prof = train.get_profile("smoke")
 task = train.build_task(prof.task)
 base, _ = train.pretrain(task, prof.model, prof.pretrain, prof.regime, "cpu", progress=False)
-cfg = dataclasses.replace(prof.rl, objective="pass1_reinforce", steps=6, eval_every=3)
-with tempfile.TemporaryDirectory() as out:
-    metrics = train.train_rl(base, task, cfg, out, progress=False)
-    model = train.load_trained(out, prof)
-h = hashlib.sha256()
-for p in model.parameters():
-    h.update(p.detach().numpy().tobytes())
-print(torch.backends.cpu.get_cpu_capability(), h.hexdigest(), metrics.to_csv(index=False))
+adamw = dataclasses.replace(prof.rl, objective="pass1_reinforce", steps=6, eval_every=3)
+sgd = dataclasses.replace(adamw, optimizer="sgd", grad_clip=0.0, lr=0.05)
+h, tables = hashlib.sha256(), []
+for cfg in (adamw, sgd):
+    with tempfile.TemporaryDirectory() as out:
+        tables.append(train.train_rl(base, task, cfg, out, progress=False))
+        for p in train.load_trained(out, prof).parameters():
+            h.update(p.detach().numpy().tobytes())
+metrics = tables[0].to_csv(index=False) + tables[1].iloc[1:].to_csv(index=False, header=False)
+print(torch.backends.cpu.get_cpu_capability(), h.hexdigest(), metrics)
 """
 
 
@@ -185,9 +187,10 @@ def _run_under(env_overrides: dict[str, str]) -> tuple[str, str, pd.DataFrame]:
     ids=lambda d: "+".join(f"{k}={v}" for k, v in d.items()),
 )
 def test_pretraining_and_rl_give_the_same_bits_under_other_dispatch(dispatch):
-    """Smoke pretraining and 6 RL steps: the weights (hashed) are the same bits. So are the
-    metrics under AVX2; the scalar path (default) evaluates log1p / expm1 in pass@k to the last
-    bit differently, which no later step reads (within 1e-13)."""
+    """Smoke pretraining, then 6 RL steps with AdamW and 6 with SGD: the weights (hashed) are the
+    same bits. So are the
+    metrics under AVX2; the scalar path (default) evaluates log1p / expm1 in the exact
+    evaluation to the last bit differently, which no later step reads (within 1e-13)."""
     _, native_digest, native = _run_under({})
     capability, digest, other = _run_under(dispatch)
     assert capability.lower() == dispatch["ATEN_CPU_CAPABILITY"]  # the emulation took effect

@@ -420,7 +420,7 @@ def evaluate_sampled(
 
 def _make_optimizer(model: GPT, cfg: RLConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        return model.ops.sgd(model.parameters(), lr=cfg.lr)
     return model.ops.adamw(model.parameters(), lr=cfg.lr, weight_decay=0.0)
 
 

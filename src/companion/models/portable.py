@@ -24,8 +24,8 @@ MKL_CBWR=COMPATIBLE):
   log, sqrt and sums, whose results ATen does not vary with the vector width (its fused softmax
   and layer-norm kernels do); the layer norm with its backward pass by hand (one autograd node).
 * ``clip_grad_norm_``: the global norm from plain sums.
-* ``AdamW``: torch's AdamW update with one correctly rounded operation at a time (torch's fused
-  ``addcdiv`` rounds differently with and without FMA, which the scalar path lacks).
+* ``AdamW`` and ``SGD``: torch's updates with one correctly rounded operation at a time (torch's
+  fused ``addcdiv`` rounds differently with and without FMA, which the scalar path lacks).
 
 Everything else the model does is elementwise IEEE arithmetic (correctly rounded everywhere) or
 an exact gather. `NATIVE` holds torch's own kernels for the same calls (float32 on a GPU).
@@ -41,7 +41,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Kernels", "NATIVE", "PORTABLE", "AdamW", "matmul", "to_grid", "BITS", "BLOCK"]
+__all__ = [
+    "Kernels",
+    "NATIVE",
+    "PORTABLE",
+    "AdamW",
+    "SGD",
+    "matmul",
+    "to_grid",
+    "BITS",
+    "BLOCK",
+]
 
 BITS = 20  # significant bits kept of each matmul operand, relative to its largest entry
 BLOCK = 4096  # longest contraction added exactly: 2 BITS + log2(BLOCK) = 52 <= 53
@@ -212,6 +222,26 @@ class AdamW(torch.optim.Optimizer):
         return None
 
 
+class SGD(torch.optim.Optimizer):
+    """Plain SGD, p <- p - lr g, as one multiplication and one subtraction (no fused
+    multiply-add)."""
+
+    def __init__(self, params, lr: float) -> None:
+        if not lr > 0:
+            raise ValueError(f"SGD needs lr > 0, got {lr}")
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        if closure is not None:
+            raise ValueError("SGD.step takes no closure")
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.sub_(p.grad * group["lr"])
+        return None
+
+
 def _native_layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
@@ -230,6 +260,7 @@ class Kernels:
     cross_entropy: Callable[[Tensor, Tensor], Tensor]
     clip_grad_norm_: Callable[..., Tensor]
     adamw: Callable[..., torch.optim.Optimizer]
+    sgd: Callable[..., torch.optim.Optimizer]
 
 
 NATIVE = Kernels(
@@ -244,6 +275,7 @@ NATIVE = Kernels(
     lambda params, lr, weight_decay: torch.optim.AdamW(
         params, lr=lr, weight_decay=weight_decay, foreach=True
     ),
+    lambda params, lr: torch.optim.SGD(params, lr=lr),
 )
 PORTABLE = Kernels(
     "portable",
@@ -255,4 +287,5 @@ PORTABLE = Kernels(
     _cross_entropy,
     _clip_grad_norm_,
     lambda params, lr, weight_decay: AdamW(params, lr=lr, weight_decay=weight_decay),
+    SGD,
 )
