@@ -15,7 +15,7 @@ What is timed, on both sides: the RL steps only, each from the start of sampling
 its optimizer step, summed over the steps (not setup, pretraining, model building, evaluation).
   * TRL: a callback from on_step_begin to on_step_end (generation, rewards, advantages, forward,
     backward, clipping, optimizer step);
-  * companion: the step phases `train.train_rl` writes to timings.json (sampling, verification,
+  * companion: the step phases `rl.train_rl` writes to timings.json (sampling, verification,
     weights, forward + backward + clipping + optimizer step), for a run with no evaluation between.
 Wall-clock time; and CPU time of this process as well where timings.json records it ("cpu"),
 which a shared machine disturbs much less (TRL's is taken in the same callback). After --warmup
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from companion import objectives, train
+from companion import config, objectives, pretrain, rl
 from companion.models import GPT
 
 try:  # the optional bench extra
@@ -133,7 +133,7 @@ class TrlRunner:
     """TRL's GRPOTrainer on the task from a copy of `base`; `run` returns (wall s, CPU s of the
     timed steps, rollout tokens, (rewards, advantages) of each step)."""
 
-    def __init__(self, base: GPT, task, prof: train.Profile, steps: int):
+    def __init__(self, base: GPT, task, prof: config.ProfileConfig, steps: int):
         self.base, self.task, self.prof, self.steps = base, task, prof, steps
         self.names = token_names(task)
         self.tokenizer = make_tokenizer(task)
@@ -210,13 +210,15 @@ class TrlRunner:
         return timed["wall"], timed["cpu"], self.tokens, snapshots
 
 
-def run_companion(base: GPT, task, prof: train.Profile, steps: int) -> tuple[float, float, int]:
+def run_companion(
+    base: GPT, task, prof: config.ProfileConfig, steps: int
+) -> tuple[float, float, int]:
     """Our GRPO from a copy of `base`: (wall s, CPU s or nan, rollout tokens) of the steps."""
     cfg = dataclasses.replace(
         prof.rl, objective="grpo", steps=steps, eval_every=steps, device="cpu"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        train.train_rl(base, task, cfg, Path(tmp), progress=False)
+        rl.train_rl(base, prof, cfg, Path(tmp), progress=False)
         tm = json.loads((Path(tmp) / "timings.json").read_text())
     wall = sum(tm[k] for k in ("sample", "verify", "weights", "backward"))
     return wall, tm.get("cpu", float("nan")), int(tm["rollout_tokens"])
@@ -239,7 +241,7 @@ def main() -> None:
     ap.add_argument("--base", help="base file to reuse (pretrained there if missing)")
     ap.add_argument(
         "--numerics",
-        choices=train.NUMERICS,
+        choices=config.NUMERICS,
         default="float32",
         help="our model's numerics (float32 by default, as TRL's; the CPU profiles' own is "
         "'portable', float64)",
@@ -253,17 +255,17 @@ def main() -> None:
     torch.set_num_threads(1)
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
-    prof = train.get_profile(args.profile)
+    prof = config.for_profile(args.profile)
     prof = dataclasses.replace(prof, model=dataclasses.replace(prof.model, numerics=args.numerics))
-    task = train.build_task(prof.task)
+    task = config.build_task(prof.task)
     b, n = prof.rl.batch_prompts, prof.rl.n
     with tempfile.TemporaryDirectory() as tmp:
         if args.init == "pretrained":
             path = Path(args.base) if args.base else Path(tmp) / "base.pt"
-            base = train.load_or_pretrain(prof, path, "cpu", progress=False, owned=not args.base)
+            base = pretrain.load_or_pretrain(prof, path, "cpu", progress=False, owned=not args.base)
         else:
             torch.manual_seed(0)
-            base = train.build_model(task, prof.model, torch.device("cpu"))
+            base = config.build_model(task, prof.model, torch.device("cpu"))
     base.eval()
     diff = logit_difference(base, gpt2_copy(base, task), task)
     print(

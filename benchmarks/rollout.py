@@ -5,7 +5,7 @@
    prefix at every token; same model, prompts and seed in the same run (the answers are checked
    equal), ratio printed.
 2. One RL step's split between sampling, verification, weights and scoring + backward +
-   optimizer (from `train.train_rl`'s timings.json), and rollout tokens/s inside training.
+   optimizer (from `rl.train_rl`'s timings.json), and rollout tokens/s inside training.
 3. A torch.profiler view of the two heavy phases, sampling and scoring + backward
    (`sample_iid`, then `sequence_logprob` and backward on its rollouts): the share of their CPU
    time spent in matrix-math kernels (mm, addmm, bmm, baddbmm, attention), in the other kernels
@@ -14,7 +14,7 @@
 4. Numerics: the RL step time of the CPU profiles' portable float64 kernels
    (companion.models.portable: the same bits on every CPU) against torch's float32 kernels, on
    the same model (cast), prompts and seed in the same run; ratio printed.
-5. --estimate: time a few pretraining and RL steps of the `full` profile on this machine and
+5. --estimate: time a few pretraining and RL steps of the `gpu` profile on this machine and
    extrapolate one whole run (an estimate, not a measurement).
 
 The model is the profile's base after a short pretraining (at most --pretrain-steps steps), since
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from companion import train
+from companion import config, models, pretrain, rl
 from companion.models.generate import answer_mask, sample_iid, sequence_logprob
 
 MATRIX_KERNELS = {
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="RL steps for the time split")
     ap.add_argument("--pretrain-steps", type=int, default=150, help="0: an untrained model")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--estimate", action="store_true", help="extrapolate the full profile")
+    ap.add_argument("--estimate", action="store_true", help="extrapolate the gpu profile")
     ap.add_argument("--device", default=None)
     ap.add_argument("--quick", action="store_true", help="smoke, untrained, 2 steps: seconds")
     args = ap.parse_args()
@@ -105,18 +105,18 @@ def main() -> None:
     if args.steps < 1 or args.repeats < 1 or args.pretrain_steps < 0:
         ap.error("--steps and --repeats must be >= 1, --pretrain-steps >= 0")
     torch.set_num_threads(1)
-    prof = train.get_profile(args.profile)
-    task = train.build_task(prof.task)
+    prof = config.for_profile(args.profile)
+    task = config.build_task(prof.task)
     with tempfile.TemporaryDirectory() as tmp:
         if args.pretrain_steps:
             short = dataclasses.replace(
                 prof.pretrain, steps=min(prof.pretrain.steps, args.pretrain_steps)
             )
             base = dataclasses.replace(prof, pretrain=short)
-            model = train.load_or_pretrain(base, Path(tmp) / "base.pt", args.device, False)
+            model = pretrain.load_or_pretrain(base, Path(tmp) / "base.pt", args.device, False)
         else:
             torch.manual_seed(0)
-            model = train.build_model(task, prof.model, train.pick_device(args.device))
+            model = config.build_model(task, prof.model, models.pick_device(args.device))
         model.eval()
         dev = next(model.parameters()).device
         pairs = task.rl_train_pairs[: prof.rl.batch_prompts]
@@ -138,7 +138,7 @@ def main() -> None:
         cfg = dataclasses.replace(prof.rl, steps=args.steps, eval_every=args.steps)
         cfg = dataclasses.replace(cfg, device=args.device)
         t0 = time.perf_counter()
-        train.train_rl(model, task, cfg, Path(tmp) / "rl", progress=False)
+        rl.train_rl(model, prof, cfg, Path(tmp) / "rl", progress=False)
         wall = time.perf_counter() - t0
         tm = json.loads((Path(tmp) / "rl" / "timings.json").read_text())
         parts = {k: tm[k] for k in ("sample", "verify", "weights", "backward")}
@@ -179,7 +179,7 @@ def main() -> None:
             best = float("inf")
             for r in range(args.repeats):
                 t0 = time.perf_counter()
-                train.train_rl(twin, task, cfg, Path(tmp) / f"{numerics}{r}", progress=False)
+                rl.train_rl(twin, prof, cfg, Path(tmp) / f"{numerics}{r}", progress=False)
                 best = min(best, time.perf_counter() - t0)
             per_step[numerics] = best / args.steps
             print(f"  {numerics:<9} {per_step[numerics] * 1e3:8.1f} ms per step (with evaluations)")
@@ -189,15 +189,17 @@ def main() -> None:
         )
 
         if args.estimate:
-            full = train.get_profile("full")
-            ftask = train.build_task(full.task)
+            full = config.for_profile("gpu")
+            ftask = config.build_task(full.task)
             few = dataclasses.replace(full.pretrain, steps=5)
             t0 = time.perf_counter()
-            fmodel, _ = train.pretrain(ftask, full.model, few, device=args.device, progress=False)
+            fmodel, _ = pretrain.pretrain(
+                ftask, full.model, few, device=args.device, progress=False
+            )
             per_pre = (time.perf_counter() - t0) / 5
             fcfg = dataclasses.replace(full.rl, steps=2, eval_every=2, device=args.device)
             t0 = time.perf_counter()
-            train.train_rl(fmodel, ftask, fcfg, Path(tmp) / "full", progress=False)
+            rl.train_rl(fmodel, full, fcfg, Path(tmp) / "full", progress=False)
             fwall = time.perf_counter() - t0
             ftm = json.loads((Path(tmp) / "full" / "timings.json").read_text())
             per_rl = sum(ftm[k] for k in ("sample", "verify", "weights", "backward")) / 2
@@ -205,7 +207,7 @@ def main() -> None:
             n_evals = full.rl.steps // full.rl.eval_every + 1
             est = per_pre * full.pretrain.steps + per_rl * full.rl.steps + per_eval * n_evals
             print(
-                f"\nfull profile on this machine ({fmodel.n_params()} parameters): "
+                f"\ngpu profile on this machine ({fmodel.n_params()} parameters): "
                 f"{per_pre:.2f} s per pretraining step, {per_rl:.2f} s per RL step, "
                 f"{per_eval:.1f} s per evaluation and setup ({n_evals} evaluations)"
             )

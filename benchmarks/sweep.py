@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from companion import sweep, train
+from companion import config, pretrain, sweep
 
 
 def main() -> None:
@@ -39,12 +39,12 @@ def main() -> None:
             "grid": {"seed": list(range(args.trials))},
         }
     )
-    profile = train.get_profile("smoke")
+    profile = config.for_profile("smoke")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        name = f"{sweep.train_digest(profile)}.pt"
+        name = f"{pretrain.base_digest(profile)}.pt"
         base = Path(tmp) / "base" / name
-        train.load_or_pretrain(profile, base, "cpu", progress=False)
+        pretrain.load_or_pretrain(profile, base, "cpu", progress=False)
         rates = {}
         for workers in (1, 2):
             out = Path(tmp) / f"w{workers}"

@@ -175,3 +175,24 @@ def test_compare_claims_command_fails_on_a_difference(tmp_path, capsys):
     assert cli.main(["compare-claims", str(tmp_path / "a"), str(tmp_path / "b"), "--nb", "04"]) == 1
     assert "verdict 'holds' != 'fails'" in capsys.readouterr().out
     assert cli.main(["compare-claims", str(tmp_path / "a"), str(tmp_path / "none")]) == 2
+
+
+def test_record_in_a_kernel_names_the_cell_that_recorded(tmp_path):
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell(
+            "from companion import claims\n"
+            f"claims.record([claims.Claim('r', 'c', 'p', 'nb', 'identity', 'm', 'holds')], "
+            f"results={str(tmp_path)!r} and __import__('pathlib').Path({str(tmp_path)!r}))"
+        ),
+    ]
+    path = tmp_path / "t.ipynb"
+    nbformat.write(nb, path)
+    pm.execute_notebook(str(path), str(path), kernel_name="python3", progress_bar=False)
+    ran = nbformat.read(path, as_version=4)
+    (row,) = claims.read_all(tmp_path)
+    assert row.cell == str(ran.cells[1].execution_count) == "2"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion import atomic, checkpoint, cli, train
+from companion import checkpoint, cli, config, files, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = train.get_profile("smoke")
+SMOKE = config.for_profile("smoke")
 SMOKE_ARGS = ["train", "--profile", "smoke", "--steps", "2", "--quiet"]
 
 
@@ -74,7 +74,7 @@ def test_fresh_recovers_from_a_bad_base_file(tmp_path, capsys):
     assert cli.main([*SMOKE_ARGS, "--out", str(tmp_path / "o"), "--base", str(bad)]) == 2
     capsys.readouterr()
     assert cli.main([*SMOKE_ARGS, "--out", str(tmp_path / "o"), "--base", str(bad), "--fresh"]) == 0
-    assert train.base_selection(bad)["step"] >= 1  # a real base now
+    assert pretrain.base_selection(bad)["step"] >= 1  # a real base now
 
 
 def test_checkpoints_keep_plain_data_and_load_on_the_cpu(tmp_path):
@@ -91,7 +91,7 @@ def test_checkpoints_keep_plain_data_and_load_on_the_cpu(tmp_path):
 
 def test_a_named_base_of_another_configuration_is_never_overwritten(tmp_path, capsys):
     base = tmp_path / "shared.pt"
-    train.load_or_pretrain(SMOKE, base, "cpu", progress=False)
+    pretrain.load_or_pretrain(SMOKE, base, "cpu", progress=False)
     before = base.read_bytes()
     argv = ["train", "--profile", "ci", "--steps", "1", "--quiet", "--base", str(base)]
     t0 = time.perf_counter()
@@ -107,8 +107,8 @@ def test_a_second_run_into_the_same_folder_fails_at_once(tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "import sys, time; from companion import checkpoint\n"
-            "with checkpoint.exclusive(sys.argv[1]):\n"
+            "import sys, time; from companion import files\n"
+            "with files.exclusive(sys.argv[1]):\n"
             "    print('held', flush=True); time.sleep(60)",
             str(out),
         ],
@@ -126,7 +126,7 @@ def test_a_second_run_into_the_same_folder_fails_at_once(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
-    with checkpoint.exclusive(out), checkpoint.exclusive(out):  # free again, and re-entrant
+    with files.exclusive(out), files.exclusive(out):  # free again, and re-entrant
         pass
 
 
@@ -164,7 +164,7 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     live = tmp_path / f".metrics.csv.{os.getpid()}.def456.tmp"
     stale.write_text("half")
     live.write_text("in progress")
-    assert atomic.remove_stale_temporaries(tmp_path) == [stale]
+    assert files.remove_stale_temporaries(tmp_path) == [stale]
     assert live.exists() and not stale.exists()
 
 

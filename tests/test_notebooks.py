@@ -77,7 +77,7 @@ def test_full_profiles_use_at_least_five_seeds_where_seeds_exist(stem):
 @pytest.mark.parametrize(
     ("prefix", "params", "message"),
     [
-        ("01", {"profile": "gpu"}, "profile must be one of"),
+        ("01", {"profile": "tpu"}, "profile must be one of"),
         ("01", {"k_values": [0, 4]}, "k_values entry must be >= 2"),
         ("01", {"n_group": 200}, "unknown parameter(s) ['n_group']"),
         ("01", {"seed": 1.5}, "seed must be an integer"),
@@ -87,7 +87,7 @@ def test_full_profiles_use_at_least_five_seeds_where_seeds_exist(stem):
         ("03", {"lr": float("inf")}, "lr must be finite"),
         ("04", {"match_j1": float("inf")}, "match_j1 must be finite"),
         ("04", {"grid_file": 3}, "grid_file must be a string"),
-        ("07", {"profile": "gpu"}, "profile must be one of"),
+        ("07", {"profile": "tpu"}, "profile must be one of"),
     ],
 )
 def test_bad_parameters_fail_in_the_validation_cell(tmp_path, prefix, params, message):

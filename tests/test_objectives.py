@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion import exact, harness, maxk, objectives, passk
+from companion import exact, harness, maxk, objectives, passk, weights
 from companion.objectives import Objective
 from companion.objectives.passk_family import (
     PKPO,
@@ -213,7 +213,7 @@ def test_registry_errors_and_extension():
     try:
         assert "_test_variant" in objectives.names()
         logits, correct = exact.logits_for_success(torch.tensor([0.3, 0.6]), 5, 2)
-        assert harness.run("_test_variant", logits, correct, n=4, k=1, groups=20_000).unbiased_ok
+        assert harness.check("_test_variant", logits, correct, n=4, k=1, groups=20_000).unbiased_ok
     finally:
         objectives.unregister("_test_variant")
     assert "_test_variant" not in objectives.names()
@@ -234,7 +234,7 @@ def _policy(seed=0, p=6, m=9, n_correct=2):
 @pytest.mark.parametrize(("n", "k"), [(4, 1), (4, 4), (8, 2), (8, 5)])
 def test_unbiased_objectives_pass_the_harness(name, n, k):
     """Bonferroni bound at family-wise level 1e-3 (see companion.harness)."""
-    report = harness.run(name, *_policy(seed=n + k), n=n, k=k, groups=40_000, seed=n * k)
+    report = harness.check(name, *_policy(seed=n + k), n=n, k=k, groups=40_000, seed=n * k)
     assert report.unbiased_ok, report.summary()
     assert report.max_abs_z < report.z_threshold
 
@@ -250,8 +250,8 @@ def test_harness_detects_a_biased_estimator():
             return 1.05 * super()._weights(rewards, k)  # 5% too long
 
     pretender = Pretender(generator=torch.Generator().manual_seed(0))
-    assert not harness.run(pretender, *_policy(), n=8, k=4, groups=40_000).unbiased_ok
-    assert not harness.run(Scaled(), *_policy(), n=8, k=4, groups=40_000).unbiased_ok
+    assert not harness.check(pretender, *_policy(), n=8, k=4, groups=40_000).unbiased_ok
+    assert not harness.check(Scaled(), *_policy(), n=8, k=4, groups=40_000).unbiased_ok
 
 
 def test_logprobs_required_where_declared():
@@ -261,7 +261,7 @@ def test_logprobs_required_where_declared():
     with pytest.raises(ValueError, match="<= 0"):
         objectives.get("swor_ordered").weights(rows, 2, logprobs=torch.ones(2, 4))
     with pytest.raises(ValueError, match="i.i.d."):
-        harness.expected_weight_multiple("swor_ordered", 0.5, 4, 2)
+        weights.expected_weight_multiple("swor_ordered", 0.5, 4, 2)
 
 
 def test_swor_score_coefficients_match_autograd():
@@ -294,19 +294,19 @@ def test_expected_weight_multiple_closed_forms():
     p = np.linspace(0.02, 0.98, 25)
     for k in (1, 2, 4, 8):
         np.testing.assert_allclose(
-            harness.expected_weight_multiple("pkpo", p, 16, k),
+            weights.expected_weight_multiple("pkpo", p, 16, k),
             passk.alpha_k(p, k),
             rtol=1e-10,
             atol=1e-13,  # cancellation in the Binomial sum as p -> 1
         )
         np.testing.assert_allclose(
-            harness.expected_weight_multiple("pkpo_loo", p, 16, k),
+            weights.expected_weight_multiple("pkpo_loo", p, 16, k),
             passk.alpha_k(p, k),
             rtol=1e-10,
             atol=1e-13,
         )
-    np.testing.assert_allclose(harness.expected_weight_multiple("pass1_reinforce", p, 16, 1), 1)
-    np.testing.assert_allclose(harness.expected_weight_multiple("dr_grpo", p, 16, 1), 15 / 16)
+    np.testing.assert_allclose(weights.expected_weight_multiple("pass1_reinforce", p, 16, 1), 1)
+    np.testing.assert_allclose(weights.expected_weight_multiple("dr_grpo", p, 16, 1), 15 / 16)
 
 
 @pytest.mark.parametrize("name", EXCHANGEABLE)
@@ -314,8 +314,8 @@ def test_expected_multiple_matches_monte_carlo(name):
     """The Binomial formula for omega(p) against the harness's Monte Carlo projection."""
     j1 = torch.tensor([0.15, 0.4, 0.7])
     logits, correct = exact.logits_for_success(j1, 6, 2)
-    report = harness.run(name, logits, correct, n=8, k=4, groups=60_000, seed=11)
-    want = harness.expected_weight_multiple(name, j1.numpy(), 8, 4, draws=20_000)
+    report = harness.check(name, logits, correct, n=8, k=4, groups=60_000, seed=11)
+    want = weights.expected_weight_multiple(name, j1.numpy(), 8, 4, draws=20_000)
     g1_norm = exact.grad_j1(logits, correct).norm(dim=1)
     tol = (5 * report.stderr.norm(dim=1) / g1_norm).numpy() + 0.01 * np.abs(want)
     assert np.all(np.abs(report.weight_multiple.numpy() - want) <= tol)
@@ -438,7 +438,7 @@ def test_exact_expectation_detects_a_biased_estimator():
 @pytest.mark.parametrize(("n", "k"), [(4, 1), (4, 4), (8, 3)])
 def test_unbiased_objectives_pass_the_harness_on_real_rewards(name, n, k):
     """The same Bonferroni bias test (family-wise 1e-3) on a real reward table."""
-    report = harness.run(name, *_real_policy(seed=n + k), n=n, k=k, groups=40_000, seed=n * k)
+    report = harness.check(name, *_real_policy(seed=n + k), n=n, k=k, groups=40_000, seed=n * k)
     assert report.target == objectives.get(name).unbiased_for
     assert report.unbiased_ok, report.summary()
 
@@ -450,7 +450,7 @@ def test_harness_detects_the_binary_formula_on_real_rewards():
         def _weights(self, rewards, k):
             return self.binary_weights((rewards >= 0.5).to(rewards.dtype), k)
 
-    assert not harness.run(Thresholded(), *_real_policy(), n=8, k=4, groups=40_000).unbiased_ok
+    assert not harness.check(Thresholded(), *_real_policy(), n=8, k=4, groups=40_000).unbiased_ok
 
 
 def test_targets_on_real_tables():
@@ -460,7 +460,7 @@ def test_targets_on_real_tables():
     with pytest.raises(ValueError, match="boolean reward table"):
         harness.TARGETS["pass@k-swor"](logits, table, 2)
     with pytest.raises(ValueError, match="swor_ordered: rewards must be binary"):
-        harness.run("swor_ordered", logits, table, 4, 2, groups=10)
+        harness.check("swor_ordered", logits, table, 4, 2, groups=10)
     torch.testing.assert_close(
         harness.TARGETS["pass@1"](logits, table, 3), maxk.grad_expected_reward(logits, table)
     )

@@ -148,18 +148,18 @@ def test_a_portable_gpt_needs_float64_weights_and_matches_the_native_one():
 
 _RUN = """
 import hashlib, tempfile, dataclasses, torch
-from companion import train
+from companion import config, pretrain, rl
 torch.set_num_threads(1)
-prof = train.get_profile("smoke")
-task = train.build_task(prof.task)
-base, _ = train.pretrain(task, prof.model, prof.pretrain, prof.regime, "cpu", progress=False)
+prof = config.for_profile("smoke")
+task = config.build_task(prof.task)
+base, _ = pretrain.pretrain(task, prof.model, prof.pretrain, prof.regime, "cpu", progress=False)
 adamw = dataclasses.replace(prof.rl, objective="pass1_reinforce", steps=6, eval_every=3)
 sgd = dataclasses.replace(adamw, optimizer="sgd", grad_clip=0.0, lr=0.05)
 h, tables = hashlib.sha256(), []
 for cfg in (adamw, sgd):
     with tempfile.TemporaryDirectory() as out:
-        tables.append(train.train_rl(base, task, cfg, out, progress=False))
-        for p in train.load_trained(out, prof).parameters():
+        tables.append(rl.train_rl(base, prof, cfg, out, progress=False))
+        for p in rl.load_trained(out, prof).parameters():
             h.update(p.detach().numpy().tobytes())
 metrics = tables[0].to_csv(index=False) + tables[1].iloc[1:].to_csv(index=False, header=False)
 print(torch.backends.cpu.get_cpu_capability(), h.hexdigest(), metrics)

@@ -245,7 +245,7 @@ def _results_from_stored_notebooks(results: Path) -> list[claims.Claim]:
                     figures.append(f"{nb_path.stem}_{index}.png")
                     (results / "figures" / figures[-1]).write_bytes(base64.b64decode(png))
                 lines = re.finditer(r"^\[[^\]\n]*\] (\S+): (.*)$", output.get("text", ""), re.M)
-                for m in lines:
+                for m in lines:  # the claims a stored notebook prints, and the cell that did
                     i = len(rows)
                     verdict = VERDICTS[i % len(VERDICTS)]
                     kind = "empirical" if verdict == "inconclusive" else KINDS[i % len(KINDS)]
@@ -261,6 +261,7 @@ def _results_from_stored_notebooks(results: Path) -> list[claims.Claim]:
                             seeds=3 if kind == "empirical" else 0,
                             interval="[0.1, 0.2]" if kind == "empirical" else "",
                             figure=figures[-1] if figures and i % 3 else "",
+                            cell=str(cell.execution_count),
                         )
                     )
     claims.record(rows, results)
@@ -297,7 +298,15 @@ def hostile(tmp_path_factory):
     claims.record(
         [
             claims.Claim(
-                "c1", text, text, "01_x", "numerical", text, "holds", figure=f"{HOSTILE}.png"
+                "c1",
+                text,
+                text,
+                "01_x",
+                "numerical",
+                text,
+                "holds",
+                figure=f"{HOSTILE}.png",
+                cell="1",
             ),
         ],
         results,
@@ -327,18 +336,19 @@ def pages(site, browser):
 # --- without a browser ------------------------------------------------------------------------
 
 
-def test_claim_cells_finds_the_recording_cell_only():
-    out = "[       holds] a: first\n    measured: 1\n[  fails] b.2: second\n"
+def test_claim_cells_finds_the_recording_cell_by_its_execution_count():
     nb = nbformat.v4.new_notebook()
     nb.cells = [
-        nbformat.v4.new_code_cell("x", outputs=[nbformat.v4.new_output("stream", text="a: no\n")]),
+        nbformat.v4.new_code_cell("x", execution_count=1),
         nbformat.v4.new_markdown_cell("[holds] a: in markdown"),
-        nbformat.v4.new_code_cell("y", outputs=[nbformat.v4.new_output("stream", text=out)]),
-        nbformat.v4.new_code_cell(
-            "z", outputs=[nbformat.v4.new_output("stream", text="[x] ab: c")]
-        ),
+        nbformat.v4.new_code_cell("y", execution_count=2),
+        nbformat.v4.new_code_cell("z", execution_count=3),
     ]
-    assert claim_cells(nb, ["a", "b.2", "b", "missing"]) == {"a": 2, "b.2": 2}
+    rows = [
+        claims.Claim(cid, "c", "p", "nb", "identity", "m", "holds", cell=cell)
+        for cid, cell in (("a", "2"), ("b.2", "3"), ("b", ""), ("missing", "9"))
+    ]
+    assert claim_cells(nb, rows) == {"a": 2, "b.2": 3}
 
 
 def test_clean_html_keeps_the_document_and_drops_active_content():

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from companion import cli, sweep, train
+from companion import cli, config, pretrain, rl, sweep
 
 SMOKE_GRID = {
     "profile": "smoke",
@@ -27,7 +27,7 @@ def _strip_timing(df: pd.DataFrame) -> pd.DataFrame:
         ({"grid": {"seed": []}}, "grid.seed must be a non-empty list"),
         ({"grid": {"lr": [-1.0]}}, "lr must be > 0"),
         ({"grid": {"k": [8]}}, "k = 8 must be <= n"),
-        ({"profile": "gpu"}, "unknown profile 'gpu'"),
+        ({"profile": "tpu"}, "profile must be one of"),
         ({"extra": 1}, "unknown key(s) ['extra']"),
         ({"overrides": {"seed": 0}, "grid": {"seed": [1]}}, "both in overrides and grid"),
         ({"variants": [{"objective": "grpo"}]}, "with a string 'name'"),
@@ -101,14 +101,13 @@ def test_an_interrupted_sweep_resumes_to_the_same_results(local_run, tmp_path):
     grid = sweep.parse_grid(SMOKE_GRID)
     first = grid.trials()[0]
     # interrupt the first trial after 2 of its 4 steps, as a kill would
-    profile = train.get_profile("smoke")
+    profile = config.for_profile("smoke")
     import torch
 
     torch.set_num_threads(1)
-    base_path = tmp_path / "bases" / f"{sweep.train_digest(profile)}.pt"
-    base = train.load_or_pretrain(profile, base_path, "cpu", progress=False)
-    task = train.build_task(profile.task)
-    train.train_rl(base, task, first.config, tmp_path / first.name, until=2, progress=False)
+    base_path = tmp_path / "bases" / f"{pretrain.base_digest(profile)}.pt"
+    base = pretrain.load_or_pretrain(profile, base_path, "cpu", progress=False)
+    rl.train_rl(base, profile, first.config, tmp_path / first.name, until=2, progress=False)
     assert not (tmp_path / first.name / "done.json").exists()
     result = sweep.run(grid, tmp_path, workers=2, progress=False)
     assert result.ok and result.ran == 4
@@ -124,10 +123,12 @@ def test_a_failing_trial_is_reported_and_the_others_finish(tmp_path, capsys):
     path.write_text(yaml.safe_dump(data))
     rc = cli.main(["sweep", str(path), "--workers", "2", "--out", str(tmp_path / "o"), "--quiet"])
     printed = capsys.readouterr().out
-    assert rc == 1 and "FAILED device=cuda-99__seed=0" in printed
+    bad = sweep.parse_grid(data).trials()[1].name
+    assert bad.startswith("device=cuda-99-h") and bad.endswith("__seed=0")
+    assert rc == 1 and f"FAILED {bad}" in printed
     table = pd.read_csv(tmp_path / "o" / "results.csv")
     status = table.groupby("trial").status.first().to_dict()
-    assert status == {"device=cpu__seed=0": "done", "device=cuda-99__seed=0": "failed"}
+    assert status == {"device=cpu__seed=0": "done", bad: "failed"}
     assert table[table.status == "failed"].error.str.len().min() > 0
 
 

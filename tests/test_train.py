@@ -9,21 +9,21 @@ import pandas as pd
 import pytest
 import torch
 
-from companion import cli, evaluation, train
+from companion import analysis, cli, config, evaluation, pretrain, rl
 from companion.models.portable import NATIVE
 
-SMOKE = train.get_profile("smoke")
+SMOKE = config.for_profile("smoke")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     path = tmp_path_factory.mktemp("base") / "base.pt"
-    return train.load_or_pretrain(SMOKE, path, device="cpu", progress=False)
+    return pretrain.load_or_pretrain(SMOKE, path, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
 def task():
-    return train.build_task(SMOKE.task)
+    return config.build_task(SMOKE.task)
 
 
 def test_train_and_test_prompts_are_disjoint_and_held_out(task):
@@ -64,7 +64,7 @@ def test_sampled_evaluation_agrees_with_the_exact_one(base, task):
         "j1"
     ].numpy()
     n = 512
-    c = train.evaluate_sampled(base, task, pairs, n, seed=0)["correct"].numpy()
+    c = evaluation.evaluate_sampled(base, task, pairs, n, seed=0)["correct"].numpy()
     se = np.sqrt(np.sum(j1 * (1 - j1) / n)) / len(j1)
     z = (c.mean() / n - j1.mean()) / se
     assert abs(z) < 4, z  # a 4-sigma band: fails only if exact and sampled disagree
@@ -72,18 +72,18 @@ def test_sampled_evaluation_agrees_with_the_exact_one(base, task):
 
 def test_interrupted_run_resumes_to_the_same_metrics(base, task, tmp_path):
     cfg = dataclasses.replace(SMOKE.rl, objective="pkpo", entropy=0.05, steps=6, eval_every=2)
-    full = train.train_rl(base, task, cfg, tmp_path / "full", progress=False)
-    part = train.train_rl(base, task, cfg, tmp_path / "split", until=2, progress=False)
+    full = rl.train_rl(base, SMOKE, cfg, tmp_path / "full", progress=False)
+    part = rl.train_rl(base, SMOKE, cfg, tmp_path / "split", until=2, progress=False)
     assert list(part.step) == [0, 2]
-    resumed = train.train_rl(base, task, cfg, tmp_path / "split", progress=False)
+    resumed = rl.train_rl(base, SMOKE, cfg, tmp_path / "split", progress=False)
     pd.testing.assert_frame_equal(full, resumed)
     on_disk = pd.read_csv(tmp_path / "split" / "metrics.csv")
     pd.testing.assert_frame_equal(on_disk, full, check_dtype=False)
     pd.testing.assert_frame_equal(
-        train.read_prompts(tmp_path / "split"), train.read_prompts(tmp_path / "full")
+        analysis.read_prompts(tmp_path / "split"), analysis.read_prompts(tmp_path / "full")
     )
     assert full.grad_norm.dropna().gt(0).all()  # the policy really was updated
-    moved = train.load_trained(tmp_path / "full", SMOKE)
+    moved = rl.load_trained(tmp_path / "full", SMOKE)
     assert any(
         not torch.equal(p, q) for p, q in zip(moved.parameters(), base.parameters(), strict=True)
     )
@@ -92,8 +92,8 @@ def test_interrupted_run_resumes_to_the_same_metrics(base, task, tmp_path):
 
 def test_prompt_table_has_both_splits_and_exact_j1(base, task, tmp_path):
     cfg = dataclasses.replace(SMOKE.rl, steps=2, eval_every=2)
-    train.train_rl(base, task, cfg, tmp_path, progress=False)
-    table = train.read_prompts(tmp_path)
+    rl.train_rl(base, SMOKE, cfg, tmp_path, progress=False)
+    table = analysis.read_prompts(tmp_path)
     assert set(table.split) == {"train", "test"} and set(table.step) == {0, 2}
     test0 = table[(table.split == "test") & (table.step == 0)]
     assert len(test0) == len(task.rl_test_pairs) and test0.j1.between(0, 1).all()
@@ -102,29 +102,29 @@ def test_prompt_table_has_both_splits_and_exact_j1(base, task, tmp_path):
 
 def test_run_key_ignores_the_device_spelling_and_includes_threads(base, task, tmp_path):
     cfg = dataclasses.replace(SMOKE.rl, steps=2)
-    train.train_rl(base, task, cfg, tmp_path, progress=False)
+    rl.train_rl(base, SMOKE, cfg, tmp_path, progress=False)
     same = dataclasses.replace(cfg, device="cpu")
-    assert len(train.train_rl(base, task, same, tmp_path, progress=False)) == 2
-    assert train.run_key(cfg, threads=1) != train.run_key(cfg, threads=2)
+    assert len(rl.train_rl(base, SMOKE, same, tmp_path, progress=False)) == 2
+    assert rl.run_key(cfg, threads=1) != rl.run_key(cfg, threads=2)
     other = dataclasses.replace(cfg, lr=1e-2)
     with pytest.raises(ValueError, match="--fresh"):
-        train.train_rl(base, task, other, tmp_path, progress=False)
-    assert len(train.train_rl(base, task, other, tmp_path, fresh=True, progress=False)) == 2
+        rl.train_rl(base, SMOKE, other, tmp_path, progress=False)
+    assert len(rl.train_rl(base, SMOKE, other, tmp_path, fresh=True, progress=False)) == 2
 
 
 def test_base_key_includes_threads_and_the_regime_rule():
-    assert train.base_key(SMOKE, threads=1) != train.base_key(SMOKE, threads=2)
+    assert pretrain.base_key(SMOKE, threads=1) != pretrain.base_key(SMOKE, threads=2)
     strict = dataclasses.replace(SMOKE, regime=evaluation.RegimeRule(mean_low=0.5))
-    assert train.base_key(SMOKE, threads=1) != train.base_key(strict, threads=1)
+    assert pretrain.base_key(SMOKE, threads=1) != pretrain.base_key(strict, threads=1)
 
 
 def test_pretraining_stops_at_the_first_checkpoint_meeting_the_rule(task):
     lenient = evaluation.RegimeRule(mean_low=0.0, mean_high=1.0, hard_j1=0.99, hard_fraction=0.01)
     cfg = dataclasses.replace(SMOKE.pretrain, steps=40, select_every=10)
-    _, sel = train.pretrain(task, SMOKE.model, cfg, lenient, "cpu", progress=False)
+    _, sel = pretrain.pretrain(task, SMOKE.model, cfg, lenient, "cpu", progress=False)
     assert sel["step"] == 10 and sel["regime_met"] and len(sel["checks"]) == 1
     never = evaluation.RegimeRule(mean_low=0.999, mean_high=1.0)
-    _, sel = train.pretrain(task, SMOKE.model, cfg, never, "cpu", progress=False)
+    _, sel = pretrain.pretrain(task, SMOKE.model, cfg, never, "cpu", progress=False)
     assert (
         sel["step"] == 40
         and not sel["regime_met"]
@@ -142,13 +142,13 @@ def test_sgd_without_clipping_reports_the_raw_gradient_norm(base, task, tmp_path
     cfg = dataclasses.replace(
         SMOKE.rl, optimizer="sgd", grad_clip=0.0, lr=1e-3, steps=2, eval_every=2
     )
-    df = train.train_rl(base, task, cfg, tmp_path, progress=False)
+    df = rl.train_rl(base, SMOKE, cfg, tmp_path, progress=False)
     assert math.isfinite(df.grad_norm.iloc[-1]) and df.grad_norm.iloc[-1] > 0
 
 
 def test_swor_sampler_runs_with_the_swor_estimator(base, task, tmp_path):
     cfg = dataclasses.replace(SMOKE.rl, objective="swor_ordered", sampler="swor", steps=2)
-    df = train.train_rl(base, task, cfg, tmp_path, progress=False)
+    df = rl.train_rl(base, SMOKE, cfg, tmp_path, progress=False)
     assert list(df.step) == [0, 2] and df.zero_grad_frac.iloc[-1] <= 1
 
 
@@ -159,7 +159,7 @@ def test_swor_sampler_runs_with_the_swor_estimator(base, task, tmp_path):
         ({"k": 5, "n": 4}, "must be <= n"),
         ({"sampler": "beam"}, "sampler must be one of"),
         ({"optimizer": "adam"}, "optimizer must be one of"),
-        ({"batch_prompts": 0}, "batch_prompts must be > 0"),
+        ({"batch_prompts": 0}, "batch_prompts must be >= 1"),
         ({"lr": -1.0}, "lr must be > 0"),
         ({"lr": math.inf}, "lr must be finite"),
         ({"entropy": math.nan}, "entropy must be finite"),
@@ -176,9 +176,13 @@ def test_config_validation(kwargs, msg):
 
 
 def test_profiles():
-    with pytest.raises(ValueError, match="unknown profile"):
-        train.get_profile("gpu")
-    assert {"smoke", "ci", "full"} <= set(train.PROFILES)
+    from companion import profiles
+
+    with pytest.raises(ValueError, match="profile must be one of"):
+        config.for_profile("tpu")
+    assert set(config.PROFILE_CONFIGS) == set(profiles.PROFILES)
+    assert config.for_profile("ci").model.numerics == "portable"  # the CPU profiles are portable
+    assert config.for_profile("gpu").model.numerics == "float32"
 
 
 def test_cli(tmp_path, capsys):
@@ -218,7 +222,7 @@ def test_distinct_correct_counts_unique_valid_paths(task):
     pairs = task.rl_test_pairs[:1]
     walk = task.random_walks(pairs, torch.Generator().manual_seed(0))[0, 3:]
     path = [t for t in walk.tolist() if t != task.pad]
-    out = train.evaluate_sampled(Fixed(path), task, pairs, 8, seed=0)
+    out = evaluation.evaluate_sampled(Fixed(path), task, pairs, 8, seed=0)
     assert out["distinct"].tolist() == [1.0] and out["pass@1"].tolist() == [1.0]
 
 
@@ -231,6 +235,6 @@ def test_prompts_at_matched_interpolates_like_the_aggregate():
         ]
         rows.append({"step": step, "split": "train", "prompt": 0, "j1": 0.9})
     prompts = pd.DataFrame(rows)
-    at = train.prompts_at_matched(metrics, prompts, 0.5)
+    at = analysis.prompts_at_matched(metrics, prompts, 0.5)
     assert at.tolist() == pytest.approx([0.4, 0.6])  # halfway between steps 10 and 20
-    assert train.prompts_at_matched(metrics, prompts, 0.9) is None
+    assert analysis.prompts_at_matched(metrics, prompts, 0.9) is None

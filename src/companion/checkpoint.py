@@ -1,5 +1,4 @@
-"""Run files that are safe to share: checkpoints that cannot run code, and run folders that one
-run at a time may use.
+"""Checkpoints that cannot run code.
 
 * :func:`save` writes a checkpoint atomically and only accepts plain data (tensors, numbers,
   strings, None and lists / tuples / dicts of them), so that :func:`load` can read it with
@@ -8,42 +7,25 @@ run at a time may use.
   generator accepts a CPU state, the reverse is what used to crash a resume on a GPU).
 * A file that is not a checkpoint (truncated, random bytes, a bare tensor, missing fields) raises
   :class:`CheckpointError`, a ValueError that names the file and says what to do.
-* :func:`exclusive` takes an exclusive, non-blocking lock on ``<folder>/.lock`` (``fcntl.flock``):
-  a second run into the same folder fails at once instead of clobbering the first. The lock is
-  re-entrant within a process and released when the process dies, however it dies.
-* :func:`writable_dir` (from :mod:`companion.atomic`) checks an output folder before any work
-  starts.
+Run folders are held by :func:`companion.files.exclusive` (one run at a time).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write, writable_dir
+from .files import atomic_write
 
-__all__ = [
-    "CheckpointError",
-    "RunLockedError",
-    "save",
-    "load",
-    "exclusive",
-    "writable_dir",
-]
+__all__ = ["CheckpointError", "save", "load"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint or base file that cannot be used."""
-
-
-class RunLockedError(RuntimeError):
-    """Another run holds the folder."""
 
 
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
@@ -100,46 +82,3 @@ def load(
                 f"{path} is not a {what} ({key!r} is a {type(obj[key]).__name__}); {remedy}"
             )
     return obj
-
-
-_HELD: dict[Path, list] = {}  # folder -> [file object, depth]
-
-
-@contextlib.contextmanager
-def exclusive(folder: str | os.PathLike) -> Iterator[Path]:
-    """Hold an exclusive lock on `folder` (created if needed) for the duration of the block.
-
-    Raises RunLockedError at once if another process holds it. Re-entrant in one process."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    key = folder.resolve()
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield folder
-        finally:
-            _HELD[key][1] -= 1
-        return
-    handle = open(folder / ".lock", "a+")  # noqa: SIM115 - closed in finally
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise RunLockedError(
-                f"another run is using {folder} (pid {holder}); wait for it to finish or "
-                "choose another output folder"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        _HELD[key] = [handle, 1]
-        try:
-            yield folder
-        finally:
-            del _HELD[key]
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        handle.close()

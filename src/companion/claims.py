@@ -3,7 +3,8 @@
 Each notebook owns one file, ``results/claims/<notebook>.csv``, so notebooks that run at the same
 time (``make nbval`` runs two) never write the same file; ``report`` and ``html`` merge them.
 
-Columns: id, claim, paper, notebook, kind, measured, verdict, seeds, interval, figure, fragile.
+Columns: id, claim, paper, notebook, kind, measured, verdict, seeds, interval, figure, fragile,
+cell.
 
 * ``kind``: ``identity`` (true by algebra: checking it verifies our code), ``numerical`` (an exact
   or deterministic computation) or ``empirical`` (sampled runs).
@@ -14,6 +15,8 @@ Columns: id, claim, paper, notebook, kind, measured, verdict, seeds, interval, f
 * ``fragile``: "yes" when an empirical verdict's interval edge lies within
   ``verdicts.FRAGILE_SE`` standard errors of its null (or of an equivalence bound): another draw
   of seeds may decide otherwise. Notebooks name these rows (:func:`show`).
+* ``cell``: the execution count of the notebook cell that recorded the claim (filled by
+  :func:`record` inside a kernel; empty elsewhere): companion.site links each claim to that cell.
 * ``paper``: what arXiv 2511.16231 itself states (e.g. "Thm 3.1"), or "raised by the companion:
   ...", "beyond the paper: ...", or another paper's citation.
 
@@ -23,12 +26,13 @@ Rows are keyed by (notebook, id): re-running a notebook replaces its rows.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .atomic import atomic_write_text, file_lock
+from .files import atomic_write_text, file_lock
 from .repro import results_dir
 from .verdicts import FRAGILE_SE, KINDS, MIN_SEEDS, VERDICTS, Decision
 
@@ -62,6 +66,7 @@ class Claim:
     interval: str = ""
     figure: str = ""
     fragile: str = ""
+    cell: str = ""
 
     def __post_init__(self) -> None:
         if not self.id or not self.notebook:
@@ -88,6 +93,8 @@ class Claim:
             raise ValueError(f"claim {self.id}: a {self.kind} check holds or fails")
         if self.fragile not in ("", "yes") or (self.fragile and self.kind != "empirical"):
             raise ValueError(f"claim {self.id}: fragile is 'yes' or '' (empirical claims only)")
+        if self.cell and not str(self.cell).isdigit():
+            raise ValueError(f"claim {self.id}: cell must be an execution count, got {self.cell!r}")
 
 
 COLUMNS = [f.name for f in fields(Claim)]
@@ -156,9 +163,23 @@ def _write(path: Path, rows: list[Claim]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _execution_count() -> str:
+    """The execution count of the notebook cell running now ("" outside an IPython kernel)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return ""
+    shell = get_ipython()
+    count = getattr(shell, "execution_count", None)  # already the NEXT cell's number while a
+    return str(count - 1) if isinstance(count, int) and count > 1 else ""  # cell runs
+
+
 def record(claims: list[Claim], results: Path | None = None) -> list[Path]:
     """Upsert `claims` into results/claims/<notebook>.csv (atomically, one file per notebook,
-    under a lock), keyed by (notebook, id). Returns the files written."""
+    under a lock), keyed by (notebook, id); claims without a `cell` get the execution count of
+    the cell calling this. Returns the files written."""
+    cell = _execution_count()
+    claims = [c if c.cell or not cell else dataclasses.replace(c, cell=cell) for c in claims]
     keys = [(c.notebook, c.id) for c in claims]
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate (notebook, id) among the claims recorded together")

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 __all__ = ["main"]
@@ -75,7 +74,7 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
     if light_only:
         _light_parsers(sub)
         return ap
-    from . import objectives, train
+    from . import config, objectives, profiles
 
     t = sub.add_parser("train", help="pretrain (cached) then RL with one objective variant")
     t.add_argument("--objective", default="pass1_reinforce", help=", ".join(objectives.names()))
@@ -85,10 +84,10 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
     t.add_argument("--entropy", type=_finite, default=0.0, help="token-entropy bonus coefficient")
     t.add_argument("--steps", type=int, default=None, help="RL steps (default: the profile's)")
     t.add_argument("--lr", type=_finite, default=None)
-    t.add_argument("--optimizer", default=None, choices=train.OPTIMIZERS)
+    t.add_argument("--optimizer", default=None, choices=config.OPTIMIZERS)
     t.add_argument("--grad-clip", type=_finite, default=None, help="0: never clip")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--profile", default="ci", help=f"one of: {', '.join(sorted(train.PROFILES))}")
+    t.add_argument("--profile", default="ci", help=f"one of: {', '.join(profiles.PROFILES)}")
     t.add_argument("--out", required=True, help="output folder (one run at a time)")
     t.add_argument("--base", default=None, help="pretrained base file (default <out>/base.pt)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
@@ -104,6 +103,9 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
     s.add_argument("--address", default=None, help="Ray cluster address (else $RAY_ADDRESS)")
     s.add_argument("--gpus-per-trial", type=_finite, default=None, help="ray: fractional GPUs")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--max-trials", type=_positive_int, default=None, help="allow grids of more trials"
+    )
 
     _light_parsers(sub)
     return ap
@@ -128,9 +130,10 @@ def _device(name: str | None) -> str | None:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from . import checkpoint, train
+    from . import config, rl
+    from .files import exclusive, writable_dir
 
-    profile = train.get_profile(args.profile)
+    profile = config.for_profile(args.profile)
     overrides = {
         key: value
         for key, value in {
@@ -152,29 +155,24 @@ def _train(args: argparse.Namespace) -> int:
         device=_device(args.device),
         **overrides,
     )
-    out = checkpoint.writable_dir(args.out, "--out")
+    out = writable_dir(args.out, "--out")
     if args.base is not None and Path(args.base).is_dir():
         raise ValueError(f"--base {args.base} is a folder; name a file")
     torch.set_num_threads(args.threads)
-    with checkpoint.exclusive(out):
-        t0 = time.perf_counter()
-        base = train.load_or_pretrain(
+    with exclusive(out):
+        df, times = rl.run_trial(
             profile,
+            cfg,
+            out,
             args.base or out / "base.pt",
-            cfg.device,
-            progress=not args.quiet,
-            owned=args.base is None,
+            owned_base=args.base is None,
             fresh=args.fresh,
+            progress=not args.quiet,
         )
-        t1 = time.perf_counter()
-        task = train.build_task(profile.task)
-        df = train.train_rl(base, task, cfg, out, fresh=args.fresh, progress=not args.quiet)
-        t2 = time.perf_counter()
     summary = {
-        "pretrain_s": round(t1 - t0, 2),
-        "rl_s": round(t2 - t1, 2),
-        "device": str(next(base.parameters()).device),
-        "params": base.n_params(),
+        "pretrain_s": round(times["pretrain_s"], 2),
+        "rl_s": round(times["rl_s"], 2),
+        "device": cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "final": {k: round(float(v), 4) for k, v in df.iloc[-1].items()},
     }
     timings = out / "timings.json"
@@ -197,6 +195,7 @@ def _sweep(args: argparse.Namespace) -> int:
         address=args.address,
         gpus_per_trial=args.gpus_per_trial,
         progress=not args.quiet,
+        **({"max_trials": args.max_trials} if args.max_trials else {}),
     )
     print(result.summary())
     return 0 if result.ok else 1
@@ -226,11 +225,11 @@ def _compare_claims(args: argparse.Namespace) -> int:
 
     from . import claims
 
-    prefixes = [t for t in re.split(r"[\s,]+", args.nb) if t]
+    prefixes = tuple(t for t in re.split(r"[\s,]+", args.nb) if t)
     sides = []
     for folder in (args.first, args.second):
-        rows = claims.read_all(Path(folder))
-        rows = [c for c in rows if not prefixes or c.notebook.startswith(tuple(prefixes))]
+        files = sorted(claims.claims_dir(Path(folder)).glob("*.csv"))
+        rows = [c for f in files if f.stem.startswith(prefixes or "") for c in claims.read(f)]
         if not rows:
             raise ValueError(f"no claims under {Path(folder) / 'claims'} for {args.nb or 'any'}")
         sides.append(rows)
@@ -250,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser(light_only=light).parse_args(argv)
     errors: tuple[type[Exception], ...] = (ValueError,)
     if not light:
-        from .checkpoint import RunLockedError
+        from .files import RunLockedError
 
         errors = (ValueError, RunLockedError)
     try:

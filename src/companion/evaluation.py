@@ -11,8 +11,10 @@ valid paths y_1..y_M and pi = pi_theta(. | x) at temperature tau:
 None of these is sampled, so two checkpoints can be compared without evaluation noise. KL to a
 reference model is estimated by sampling: KL(pi || ref) = E_{y ~ pi}[log pi(y) - log ref(y)].
 
-:class:`RegimeRule` is the rule, fixed before any run, that a base model must meet on the test
-prompts for exploration to be observable at all (neither saturated nor hopeless).
+:class:`RegimeRule` is the rule, fixed before any run, that a base model must meet for exploration
+to be observable at all (neither saturated nor hopeless). Pretraining checks it on the RL *train*
+prompts (selection never looks at the test prompts); notebook 04 reports it on the test prompts
+too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor
 from . import objectives as objective_registry
 from .models import GPT
 from .models.generate import sample_iid, sequence_logprob
+from .passk import pass_at_k, pass_at_k_unbiased
 from .tasks import DagTask
 
 __all__ = [
@@ -33,13 +36,14 @@ __all__ = [
     "path_logprobs",
     "exact_metrics",
     "kl_to_reference",
+    "evaluate_sampled",
     "mean_gradient_norms",
 ]
 
 
 @dataclass(frozen=True)
 class RegimeRule:
-    """The base must leave room to explore: on the test prompts, mean J_1 in [mean_low,
+    """The base must leave room to explore: on the prompts it is given, mean J_1 in [mean_low,
     mean_high] and at least `hard_fraction` of the prompts with J_1 < hard_j1."""
 
     mean_low: float = 0.3
@@ -54,7 +58,7 @@ class RegimeRule:
             raise ValueError("RegimeRule needs hard_j1 and hard_fraction in (0, 1)")
 
     def holds(self, j1: Tensor) -> bool:
-        """Whether per-prompt J_1 values (test prompts) meet the rule."""
+        """Whether per-prompt J_1 values meet the rule."""
         mean = float(j1.mean())
         hard = float((j1 < self.hard_j1).to(torch.float64).mean())
         return self.mean_low <= mean <= self.mean_high and hard >= self.hard_fraction
@@ -129,7 +133,7 @@ def exact_metrics(
     entropy = torch.zeros(p, dtype=torch.float64).index_add_(0, paths.owner, -log_q.exp() * log_q)
     out = {"j1": j1.clamp(0, 1), "modes_eff": entropy.exp()}
     for k in distinct_ks:
-        hit = -torch.expm1(k * torch.log1p(-prob.clamp(max=1.0)))  # 1 - (1 - pi)^k
+        hit = pass_at_k(prob.clamp(max=1.0), k)  # 1 - (1 - pi)^k: y drawn in k tries
         out[f"distinct@{k}"] = torch.zeros(p, dtype=torch.float64).index_add_(0, paths.owner, hit)
     return out
 
@@ -165,6 +169,35 @@ def kl_to_reference(
         temperature,
     )
     return (logp.to(torch.float64) - ref_logp.to(torch.float64).view(b, n)).mean(1).cpu()
+
+
+@torch.no_grad()
+def evaluate_sampled(
+    model: GPT, task: DagTask, pairs: torch.Tensor, n: int, seed: int, temperature: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Per-prompt sampled evaluation with n i.i.d. samples (the check of the exact one):
+    "correct" counts c (P,), "pass@1" = c / n, and "distinct" correct paths among the n."""
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(10_000 + seed)
+    model.eval()
+    answers, _ = sample_iid(
+        model,
+        task.prompts(pairs).to(dev),
+        n,
+        task.max_new_tokens,
+        task.eos,
+        task.pad,
+        temperature,
+        gen,
+    )
+    answers = answers.cpu()
+    p = answers.shape[0]
+    rewards = task.verify(pairs.repeat_interleave(n, 0), answers.view(p * n, -1)).view(p, n)
+    c = rewards.sum(1).to(torch.int64)
+    rows = torch.cat([torch.arange(p).repeat_interleave(n)[:, None], answers.view(p * n, -1)], 1)
+    unique_ok = torch.unique(rows[rewards.view(-1) > 0], dim=0)
+    distinct = torch.bincount(unique_ok[:, 0], minlength=p).to(torch.float64)
+    return {"correct": c, "pass@1": pass_at_k_unbiased(n, c, 1), "distinct": distinct}
 
 
 def mean_gradient_norms(

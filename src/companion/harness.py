@@ -6,7 +6,7 @@ group's estimate is, without autograd,
 
     g = sum_i w_i (e_{y_i} - pi) = scatter_add(w, y) - (sum_i w_i) pi          (P, m per group).
 
-`run` draws `groups` independent groups of n i.i.d. rollouts per prompt, and reports
+`check` draws `groups` independent groups of n i.i.d. rollouts per prompt, and reports
   * bias: the Monte Carlo mean against the exact gradient of the objective's `unbiased_for` target
     (TARGETS: "pass@1" = E_pi[r]; "pass@k", 0/1 tables only; "max@k" = E[max of k rewards],
     which is pass@k on a boolean table, by Theorem 3.1's closed form; "pass@k-swor"), as z-scores
@@ -17,7 +17,7 @@ group's estimate is, without autograd,
   * cosine of the mean estimate to grad J_1, and the weight multiple <mean, grad J_1>/|grad J_1|^2;
   * the fraction of groups whose estimate is exactly zero (Situation I and its relatives).
 
-`expected_weight_multiple` gives that multiple exactly, from the Binomial law of c, and
+companion.weights gives that multiple exactly, from the Binomial law of c, and
 `exact_mean_estimate` the exact expectation of one group's estimate by enumerating every ordered
 n-tuple of answers (small m^n), a check with no sampling error.
 """
@@ -27,9 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import NormalDist
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,6 +35,7 @@ from . import maxk, objectives
 from .exact import autograd, cosine, grad_j1, grad_jk, pass_at_k_swor
 from .objectives import SAMPLERS, Objective
 from .sampling import gumbel_top_k, rewards_of, sample_iid
+from .verdicts import bonferroni_z
 
 __all__ = [
     "TARGETS",
@@ -46,11 +45,7 @@ __all__ = [
     "HarnessReport",
     "group_estimates",
     "zero_signal",
-    "run",
-    "expected_weight_multiple",
-    "WeightProfile",
-    "weight_profile",
-    "has_weight_profile",
+    "check",
 ]
 
 GradFn = Callable[[Tensor, Tensor, int], Tensor]
@@ -97,15 +92,6 @@ def score_estimate(pi: Tensor, answers: Tensor, w: Tensor) -> Tensor:
     """sum_i w_i (e_{y_i} - pi) per row: the gradient in the logits of sum_i w_i log pi(y_i),
     for probabilities pi (R, m), answers (R, n) and weights (R, n)."""
     return torch.zeros_like(pi).scatter_add_(1, answers, w) - w.sum(1, keepdim=True) * pi
-
-
-def _resolve(objective: str | Objective, seed: int) -> Objective:
-    if isinstance(objective, Objective):
-        return objective
-    obj = objectives.get(objective)
-    if obj.stochastic:
-        obj.generator = torch.Generator().manual_seed(seed + 1)
-    return obj
 
 
 def _sample_groups(
@@ -163,7 +149,7 @@ def zero_signal(
     """Situation I, measured per prompt: the fraction of groups with no correct rollout (every
     reward 0), the fraction with an exactly zero estimate, and max |estimate| over the
     no-correct groups. The same seed draws the same rollouts for every objective."""
-    obj = _resolve(objective, seed)
+    obj = objectives.seeded(objective, seed)
     gen = torch.Generator().manual_seed(seed)
     g, rewards = _sample_groups(obj, logits.to(torch.float64), correct, n, k, groups, gen)
     none_correct = (rewards == 0).all(-1)
@@ -190,7 +176,7 @@ def exact_mean_estimate(
     maxk.check_table(logits, correct)
     p, m = logits.shape
     if p * m**n > _MAX_TUPLES:
-        raise ValueError(f"P * m^n = {p * m**n} tuples exceeds {_MAX_TUPLES}; use run()")
+        raise ValueError(f"P * m^n = {p * m**n} tuples exceeds {_MAX_TUPLES}; use check()")
     tuples = torch.cartesian_prod(*[torch.arange(m)] * n).reshape(-1, n)  # (m^n, n)
     count = len(tuples)
     log_pi = torch.log_softmax(logits.detach().to(torch.float64), -1)
@@ -206,7 +192,7 @@ def exact_mean_estimate(
 
 @dataclass(frozen=True)
 class HarnessReport:
-    """What `run` measured for one objective at one (n, k)."""
+    """What `check` measured for one objective at one (n, k)."""
 
     objective: str
     target: str | None
@@ -246,7 +232,7 @@ class HarnessReport:
         }
 
 
-def run(
+def check(
     objective: str | Objective,
     logits: Tensor,
     correct: Tensor,
@@ -266,7 +252,7 @@ def run(
         raise ValueError(f"groups must be >= 2, got {groups}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    obj = _resolve(objective, seed)
+    obj = objectives.seeded(objective, seed)
     logits = logits.detach().to(torch.float64)
     gen = torch.Generator().manual_seed(seed)
     total = torch.zeros(logits.shape, dtype=torch.float64)
@@ -294,8 +280,7 @@ def run(
             max_z = math.inf  # a deterministic coordinate that disagrees
         else:
             max_z = float((diff[live] / stderr[live]).max()) if live.any() else 0.0
-        d = max(1, int(live.sum()))
-        threshold = NormalDist().inv_cdf(1 - alpha / (2 * d))
+        threshold = bonferroni_z(max(1, int(live.sum())), alpha)
 
     g1 = grad_j1(logits, correct)
     g1_sq = (g1**2).sum(1)
@@ -318,76 +303,3 @@ def run(
         weight_multiple=multiple,
         zero_fraction=zeros / groups,
     )
-
-
-@dataclass(frozen=True)
-class WeightProfile:
-    """The weights w_1(c), w_0(c) of a correct and a wrong rollout in a group of n with c correct,
-    for an objective whose weights depend on (r_i, c) only (i.i.d. rollouts)."""
-
-    n: int
-    k: int
-    w1: Tensor  # (n + 1,)
-    w0: Tensor  # (n + 1,)
-
-    def omega(self, p: Tensor) -> Tensor:
-        """omega(p) = sum_c Bin(c; n, p) [c w_1(c) (1 - p) - (n - c) w_0(c) p] / (p (1 - p)),
-        elementwise over p in (0, 1) (see expected_weight_multiple)."""
-        p = torch.as_tensor(p, dtype=torch.float64)
-        if bool(torch.any((p <= 0) | (p >= 1))):
-            raise ValueError("p must lie in (0, 1)")
-        n = self.n
-        c = torch.arange(n + 1, dtype=torch.float64)
-        log_binom = (
-            torch.lgamma(c.new_tensor(n + 1.0)) - torch.lgamma(c + 1) - torch.lgamma(n - c + 1)
-        )
-        pp = p.reshape(-1, 1)
-        pmf = torch.exp(log_binom + c * torch.log(pp) + (n - c) * torch.log1p(-pp))
-        terms = c * self.w1 * (1 - pp) - (n - c) * self.w0 * pp
-        return ((pmf * terms).sum(1) / (pp[:, 0] * (1 - pp[:, 0]))).reshape(p.shape)
-
-
-def has_weight_profile(objective: str | Objective) -> bool:
-    """Whether omega(p) is defined: i.i.d. rollouts and weights that depend on (r_i, c) only."""
-    obj = objectives.get(objective) if isinstance(objective, str) else objective
-    return obj.sampler == "iid" and not obj.needs_logprobs
-
-
-def weight_profile(
-    objective: str | Objective, n: int, k: int, draws: int = 4000, seed: int = 0
-) -> WeightProfile:
-    """Evaluate the objective once on every reward pattern (c ones then n - c zeros, c = 0..n).
-    Stochastic objectives are averaged over `draws` repetitions (Monte Carlo in w only)."""
-    obj = _resolve(objective, seed)
-    if not has_weight_profile(obj):
-        raise ValueError(f"{obj.name}: omega(p) needs i.i.d. rollouts and weights of (r_i, c) only")
-    c = torch.arange(n + 1)
-    rewards = (torch.arange(n)[None, :] < c[:, None]).to(torch.float64)  # row c: c ones first
-    reps = draws if obj.stochastic else 1
-    w = obj.weights(rewards.repeat(reps, 1), k).view(reps, n + 1, n).mean(0)
-    pos = rewards > 0
-    w1 = (w * pos).sum(1) / pos.sum(1).clamp_min(1)
-    w0 = (w * ~pos).sum(1) / (~pos).sum(1).clamp_min(1)
-    return WeightProfile(n, k, w1, w0)
-
-
-def expected_weight_multiple(
-    objective: str | Objective,
-    p: np.ndarray | float,
-    n: int,
-    k: int,
-    draws: int = 4000,
-    seed: int = 0,
-) -> np.ndarray:
-    """omega(p) with E[sum_i w_i grad log pi(y_i)] = omega(p) grad J_1, for any tabular softmax.
-
-    For weights that depend on (r_i, c) only, with w_1(c), w_0(c) the weights of a correct and a
-    wrong rollout in a group with c correct (given e_y - pi averages to grad J_1 / p over correct
-    answers and to -grad J_1 / (1 - p) over wrong ones):
-
-        omega(p) = sum_c Bin(c; n, p) [c w_1(c) (1 - p) - (n - c) w_0(c) p] / (p (1 - p)).
-
-    pass1_reinforce gives omega = 1, and pkpo gives alpha_k(p) (Theorem 3.1).
-    """
-    profile = weight_profile(objective, n, k, draws, seed)
-    return profile.omega(torch.as_tensor(np.asarray(p, dtype=float))).numpy()

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .repro import repo_root
+from .repro import notebooks_dir
 
 __all__ = [
     "KERNEL_NAME",
@@ -32,7 +32,6 @@ __all__ = [
     "ensure_kernel",
     "lab_argv",
     "lab_env",
-    "notebooks_dir",
     "main",
 ]
 
@@ -78,11 +77,6 @@ def ensure_kernel(prefix: str | os.PathLike = sys.prefix) -> Path:
         shutil.rmtree(spec_dir, ignore_errors=True)
         staged.rename(spec_dir)
     return spec_dir
-
-
-def notebooks_dir() -> Path:
-    """notebooks/ of the checkout (or of the current folder when not installed from one)."""
-    return (repo_root() or Path.cwd()) / "notebooks"
 
 
 def lab_argv(

@@ -21,13 +21,13 @@ that the notebook does not know, and lists the valid ones.
 from __future__ import annotations
 
 import ast
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["PROFILES", "Params", "injected_names"]
+from . import profiles
+from . import validation as check
 
-PROFILES = ("ci", "full", "smoke")  # ci: the default CPU profile; full: one GPU; smoke: tests
+__all__ = ["Params", "injected_names"]
 
 
 def injected_names(namespace: dict[str, Any]) -> set[str]:
@@ -50,10 +50,6 @@ def injected_names(namespace: dict[str, Any]) -> set[str]:
     return names
 
 
-def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))
-
-
 class Params:
     """Validates the parameters of one notebook (see the module docstring)."""
 
@@ -72,45 +68,14 @@ class Params:
 
     # scalars ---------------------------------------------------------------------------------
     def profile(self, name: str = "profile") -> str:
-        """One of PROFILES."""
-        value = self._get(name)
-        if value not in PROFILES:
-            raise ValueError(f"{name} must be one of {PROFILES}, got {value!r}")
-        return self._keep(name, value)
-
-    @staticmethod
-    def _int(name: str, value: object, minimum: int | None, maximum: int | None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise ValueError(f"{name} must be <= {maximum}, got {value}")
-        return int(value)
-
-    @staticmethod
-    def _number(
-        name: str,
-        value: object,
-        low: float | None,
-        high: float | None,
-        low_open: bool,
-        high_open: bool,
-    ) -> float:
-        if not _is_number(value):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        x = float(value)
-        if not math.isfinite(x):
-            raise ValueError(f"{name} must be finite, got {value!r}")
-        if low is not None and (x <= low if low_open else x < low):
-            raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-        if high is not None and (x >= high if high_open else x > high):
-            raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
-        return x
+        """One of companion.profiles.PROFILES."""
+        return self._keep(name, profiles.check(self._get(name), name))
 
     def int(self, name: str, minimum: int | None = 1, maximum: int | None = None) -> int:
         """An integer in [minimum, maximum] (bool is rejected)."""
-        return self._keep(name, self._int(name, self._get(name), minimum, maximum))
+        return self._keep(
+            name, check.integer(self._get(name), name, minimum=minimum, maximum=maximum)
+        )
 
     def number(
         self,
@@ -122,7 +87,9 @@ class Params:
         high_open: bool = False,
     ) -> float:
         """A finite number in [low, high] (open ends with low_open / high_open)."""
-        value = self._number(name, self._get(name), low, high, low_open, high_open)
+        value = check.number(
+            self._get(name), name, low=low, high=high, low_open=low_open, high_open=high_open
+        )
         return self._keep(name, value)
 
     def fraction(self, name: str, *, open_interval: bool = True) -> float:
@@ -131,26 +98,15 @@ class Params:
 
     def choice(self, name: str, choices: Sequence[object]) -> Any:
         """One of `choices`."""
-        value = self._get(name)
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-        return self._keep(name, value)
+        return self._keep(name, check.choice(self._get(name), name, choices))
 
     def string(self, name: str, *, allow_empty: bool = True) -> str:
         """A string (a path or a label); empty only if allow_empty."""
-        value = self._get(name)
-        if not isinstance(value, str) or (not allow_empty and not value):
-            raise ValueError(
-                f"{name} must be a {'' if allow_empty else 'non-empty '}string, got {value!r}"
-            )
-        return self._keep(name, value)
+        return self._keep(name, check.string(self._get(name), name, allow_empty=allow_empty))
 
     def flag(self, name: str) -> bool:
         """True or False."""
-        value = self._get(name)
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
-        return self._keep(name, value)
+        return self._keep(name, check.flag(self._get(name), name))
 
     # lists -----------------------------------------------------------------------------------
     def _list(self, name: str, min_len: int) -> list[Any]:
@@ -172,7 +128,8 @@ class Params:
         unique: bool = False,
     ) -> list[int]:
         """A list of integers in [minimum, maximum]."""
-        out = [self._int(f"{name} entry", v, minimum, maximum) for v in self._list(name, min_len)]
+        items = self._list(name, min_len)
+        out = [check.integer(v, f"{name} entry", minimum=minimum, maximum=maximum) for v in items]
         if unique and len(set(out)) != len(out):
             raise ValueError(f"{name} must not repeat entries, got {out}")
         return self._keep(name, out)
@@ -201,7 +158,12 @@ class Params:
     ) -> list[float]:
         """A list of finite numbers in [low, high]."""
         items = self._list(name, min_len)
-        out = [self._number(f"{name} entry", v, low, high, low_open, high_open) for v in items]
+        out = [
+            check.number(
+                v, f"{name} entry", low=low, high=high, low_open=low_open, high_open=high_open
+            )
+            for v in items
+        ]
         return self._keep(name, out)
 
     def fractions(self, name: str, *, open_interval: bool = True, min_len: int = 1) -> list[float]:

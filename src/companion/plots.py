@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from .atomic import atomic_write
+from .files import atomic_write
 from .repro import results_dir
 
 __all__ = ["style", "savefig"]

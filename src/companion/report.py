@@ -9,8 +9,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .atomic import atomic_write_text
 from .claims import Claim, read_all
+from .files import atomic_write_text
 from .repro import results_dir
 from .verdicts import KINDS, VERDICTS
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["setup", "results_dir", "repo_root", "progress"]
+__all__ = ["setup", "results_dir", "repo_root", "notebooks_dir", "progress"]
 
 
 def setup(seed: int = 0, threads: int = 1) -> np.random.Generator:
@@ -45,6 +45,18 @@ def repo_root() -> Path | None:
     """The checkout root when the package is installed in editable (src/) layout, else None."""
     root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() else None
+
+
+def notebooks_dir() -> Path:
+    """notebooks/ of the checkout we run in (the current folder, as `make` runs it), else of the
+    checkout the package is installed from; ValueError when there is neither."""
+    here = Path.cwd() / "notebooks"
+    if here.is_dir() and (Path.cwd() / "params").is_dir():
+        return here
+    root = repo_root()
+    if root is None or not (root / "notebooks").is_dir():
+        raise ValueError("the notebooks live in the source checkout: run from the repository")
+    return root / "notebooks"
 
 
 def results_dir() -> Path:

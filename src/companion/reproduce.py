@@ -26,26 +26,14 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import remove_stale_temporaries, writable_dir
-from .repro import repo_root
+from . import profiles
+from .files import remove_stale_temporaries, writable_dir
+from .repro import notebooks_dir
 
-__all__ = ["PROFILES", "notebooks_dir", "select", "reproduce", "execute"]
+__all__ = ["select", "reproduce", "execute"]
 
-PROFILES = ("ci", "full")
 KERNEL = "companion"
 STRIP_KEYS = "metadata.papermill cell.metadata.papermill cell.metadata.execution"
-
-
-def notebooks_dir() -> Path:
-    """notebooks/ of the checkout we run in (the current folder, as `make` runs), else of the
-    checkout the package is installed from."""
-    here = Path.cwd() / "notebooks"
-    if here.is_dir() and (Path.cwd() / "params").is_dir():
-        return here
-    root = repo_root()
-    if root is None:
-        raise ValueError("the notebooks live in the source checkout: run from the repository")
-    return root / "notebooks"
 
 
 def select(prefixes: str | None, folder: Path | None = None) -> list[Path]:
@@ -131,8 +119,8 @@ def _params(profile: str, stem: str, root: Path) -> dict:
 def reproduce(profile: str, prefixes: str | None, results: str | os.PathLike) -> Path:
     """Run the selected notebooks at `profile` into `results` (see the module docstring), then
     write results/REPORT.md and return its path."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown PROFILE {profile!r}; use one of {', '.join(PROFILES)}")
+    if profile not in profiles.PROFILES:
+        raise ValueError(f"unknown PROFILE {profile!r}; use one of {', '.join(profiles.PROFILES)}")
     notebooks = select(prefixes)
     root = notebooks[0].parent.parent
     results = writable_dir(results, "RESULTS").absolute()

@@ -5,8 +5,8 @@
   states it, what was measured, the claim's figure as a thumbnail linked to the full image (copied
   to ``figures/``), and a link to the notebook page anchored at the cell that records the claim.
 * ``<notebook>.html``: the executed notebook rendered by nbconvert's ``lab`` template, with a table
-  of contents (its claims, then its headings) and an anchor ``claim-<id>`` before each cell whose
-  output prints ``"] <id>:"`` (the line ``f"[{verdict:>12}] {id}: {claim}"`` of the recording cell).
+  of contents (its claims, then its headings) and an anchor ``claim-<id>`` before the cell that
+  recorded each claim (the claims file names its execution count: :func:`claim_cells`).
 
 Offline only: the template's CDN scripts (require.js, MathJax, mermaid, widget manager) are removed,
 notebook HTML and JavaScript outputs are sanitized, and the pages carry no script of their own, so
@@ -30,8 +30,8 @@ import nbformat
 from jinja2 import DictLoader
 from nbconvert import HTMLExporter
 
-from .atomic import atomic_write_text
 from .claims import Claim, read_all
+from .files import atomic_write_text
 from .report import summary
 from .verdicts import VERDICTS
 
@@ -157,27 +157,16 @@ def claim_anchor(claim_id: str) -> str:
     return f"claim-{claim_id}"
 
 
-def _stream_text(cell: nbformat.NotebookNode) -> str:
-    return "".join(
-        o.get("text", "")
-        if o.get("output_type") == "stream"
-        else o.get("data", {}).get("text/plain", "")
-        for o in cell.get("outputs", [])
-    )
-
-
-def claim_cells(nb: nbformat.NotebookNode, claim_ids: list[str]) -> dict[str, int]:
-    """Map each claim id to the index of the last code cell whose output has a line
-    ``[<verdict>] <id>: ...`` (the cell that records the claim). Ids not printed are left out."""
-    found: dict[str, int] = {}
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        text = _stream_text(cell)
-        for cid in claim_ids:
-            if re.search(rf"^\[[^\]\n]*\] {re.escape(cid)}:", text, flags=re.MULTILINE):
-                found[cid] = index
-    return found
+def claim_cells(nb: nbformat.NotebookNode, claims: list[Claim]) -> dict[str, int]:
+    """Map each claim id to the index of the code cell that recorded it: the cell whose
+    execution count is the claim's `cell` (written by companion.claims.record in the kernel).
+    Claims without one, or whose cell is not in this notebook, are left out."""
+    index_of = {
+        cell.get("execution_count"): i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and cell.get("execution_count")
+    }
+    return {c.id: index_of[int(c.cell)] for c in claims if c.cell and int(c.cell) in index_of}
 
 
 class _Headings(HTMLParser):
@@ -253,7 +242,7 @@ def _render_notebook(
 ) -> tuple[str, set[str]]:
     """The notebook page and the set of claim ids anchored in it."""
     nb = nbformat.read(nb_path, as_version=4)
-    cells = claim_cells(nb, [c.id for c in claims])
+    cells = claim_cells(nb, claims)
     for cid, index in cells.items():
         nb.cells[index].metadata.setdefault("companion_anchors", []).append(claim_anchor(cid))
     resources = {"metadata": {"name": nb_path.stem}, "companion_css": _PAGE_CSS}

@@ -9,15 +9,20 @@ A grid file::
     variants:                 # optional: named sets of fields, each crossed with `grid`
       - {name: rloo, objective: pass1_reinforce}
       - {name: pkpo_loo_k4, objective: pkpo_loo, k: 4}
-    grid:                     # the cross product of these lists; any RLConfig field
-      seed: [0, 1]
+    grid:                     # the cross product of these lists; any RLConfig field, and
+      seed: [0, 1]            #   graph (the task's seed) and base (the pretraining seed)
 
-* Every trial is one `companion.train.train_rl` run in its own folder under DIR, named from its
-  variant and grid values. A finished trial (DIR/<trial>/done.json) is skipped, so rerunning the
-  command costs seconds; an interrupted one resumes from its checkpoint.
-* The pretrained base is shared: it is pretrained once, before any trial starts, into
-  DIR/bases/<hash of the base key>.pt (the key: task, model and pretraining configs, seed, threads);
-  trials only read it.
+* Every trial is one `companion.rl.run_trial` run (as the CLI's `train`) in its own folder
+  under DIR, named from its variant and grid values. A finished trial (DIR/<trial>/done.json)
+  is skipped, so rerunning the command costs seconds; an interrupted one resumes from its
+  checkpoint.
+* Bases are shared: each distinct (graph, base) is pretrained once, before any trial starts (in
+  parallel on the workers), into DIR/bases/<hash of the base key>.pt (the key: task, model and
+  pretraining configs with their seeds, the regime rule, threads); trials only read them.
+* Names: a variant name is letters, digits, ``.``, ``_`` and ``-`` (no ``__``, not starting with
+  a dot); a trial folder is ``<variant>__<field>=<value>__...``. Two trials of one grid never
+  share a folder (duplicate values are refused), and the product is counted before it is built
+  (at most MAX_TRIALS unless `max_trials` says otherwise).
 * DIR/results.csv has one row per trial and evaluation step, with every config field and every
   metric as columns (plus `trial`, `variant`, `status`, `error` and the timing column `wall_s`).
   It is rewritten atomically after each trial, so it is readable during a sweep.
@@ -37,6 +42,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import multiprocessing as mp
 import os
 import re
@@ -49,26 +55,33 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from . import checkpoint, train
-from .atomic import atomic_write_text, remove_stale_temporaries
+from . import config, profiles, rl
+from .files import atomic_write_text, exclusive, remove_stale_temporaries, writable_dir
+from .pretrain import base_digest, load_or_pretrain
 from .repro import progress as progress_bar
 
 __all__ = ["Grid", "Trial", "SweepResult", "load_grid", "parse_grid", "run", "BACKENDS"]
 
 BACKENDS = ("local", "ray")
-_RL_FIELDS = {f.name for f in dataclasses.fields(train.RLConfig)}
+BASE_AXES = ("graph", "base")  # grid fields: TaskConfig.seed and PretrainConfig.seed
+MAX_TRIALS = 10_000  # a larger product is refused unless run(max_trials=...) allows it
+_RL_FIELDS = {f.name for f in dataclasses.fields(config.RLConfig)}
 _TOP_KEYS = {"profile", "overrides", "grid", "variants"}
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]|_(?!_))*$")
 TIMING_COLUMNS = ("wall_s",)
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One train run of the grid: its folder name, variant label, grid values and full config."""
+    """One train run of the grid: its folder name, variant label, grid values, full RL config,
+    and the graph and base seeds it starts from."""
 
     name: str
     variant: str
     values: dict
-    config: train.RLConfig
+    config: config.RLConfig
+    graph: int = 0
+    base: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,14 +94,21 @@ class Grid:
     variants: tuple = ()
 
     def __post_init__(self) -> None:
-        train.get_profile(self.profile)  # unknown profile -> ValueError
+        profiles.check(self.profile)
         for where, fields_ in (("overrides", self.overrides), ("grid", self.grid)):
             if not isinstance(fields_, dict):
                 raise ValueError(f"{where} must be a mapping of RLConfig fields")
-            _check_fields(fields_, where)
+            _check_fields(fields_, where, base_axes=True)
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{key} must be a non-empty list, got {values!r}")
+            if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+                raise ValueError(f"grid.{key} repeats a value: {values!r}")
+        for key in BASE_AXES:
+            values = self.grid.get(key, [self.overrides.get(key, 0)])
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ValueError(f"{key} must be a non-negative integer seed, got {v!r}")
         both = set(self.overrides) & set(self.grid)
         if both:
             raise ValueError(f"fields both in overrides and grid: {sorted(both)}")
@@ -96,15 +116,31 @@ class Grid:
         for i, variant in enumerate(self.variants):
             if not isinstance(variant, dict) or not isinstance(variant.get("name"), str):
                 raise ValueError(f"variants[{i}] must be a mapping with a string 'name'")
+            if not _NAME.match(variant["name"]) or len(variant["name"]) > 80:
+                raise ValueError(
+                    f"variants[{i}].name {variant['name']!r}: letters, digits, '.', '_' and '-', "
+                    "starting with a letter or digit, no '__', at most 80 characters"
+                )
             _check_fields({k: v for k, v in variant.items() if k != "name"}, f"variants[{i}]")
             labels.append(variant["name"])
         if len(set(labels)) != len(labels):
             raise ValueError(f"variant names must be unique, got {labels}")
-        self.trials()  # every combination must be a valid RLConfig
+        if self.size() <= MAX_TRIALS:
+            self.trials()  # every combination must be a valid RLConfig (larger grids: at run)
 
-    def trials(self) -> list[Trial]:
-        """variants x cross product of the grid, in file order; each config validated."""
-        profile = train.get_profile(self.profile)
+    def size(self) -> int:
+        """How many trials the grid expands to (computed without building them)."""
+        return max(1, len(self.variants)) * math.prod(len(v) for v in self.grid.values())
+
+    def trials(self, max_trials: int = MAX_TRIALS) -> list[Trial]:
+        """variants x cross product of the grid, in file order; each config validated. Refuses
+        more than `max_trials` trials before building any."""
+        if self.size() > max_trials:
+            raise ValueError(
+                f"the grid expands to {self.size()} trials, more than the limit of {max_trials}; "
+                "pass --max-trials to allow it"
+            )
+        rl_defaults = config.for_profile(self.profile).rl
         keys = list(self.grid)
         variants = self.variants or ({"name": ""},)
         out, names = [], set()
@@ -113,24 +149,26 @@ class Grid:
             for combo in itertools.product(*(self.grid[k] for k in keys)):
                 values = dict(zip(keys, combo, strict=True))
                 fields_ = {**self.overrides, **fixed, **values}
+                seeds = {axis: fields_.pop(axis, 0) for axis in BASE_AXES}
                 try:
-                    cfg = dataclasses.replace(profile.rl, **fields_)
+                    cfg = dataclasses.replace(rl_defaults, **fields_)
                 except (ValueError, TypeError) as err:
                     label = f"variant {variant['name']!r}, " if variant["name"] else ""
                     raise ValueError(f"bad trial ({label}{values}): {err}") from None
                 name = _trial_name(variant["name"], values)
                 if name in names:
-                    name = f"{name}__{_digest(json.dumps([variant, values], default=str))}"
+                    raise ValueError(f"two trials would share the folder {name!r}")
                 names.add(name)
-                out.append(Trial(name, variant["name"], values, cfg))
+                out.append(Trial(name, variant["name"], values, cfg, **seeds))
         return out
 
 
-def _check_fields(fields_: dict, where: str) -> None:
-    unknown = sorted(set(fields_) - _RL_FIELDS)
+def _check_fields(fields_: dict, where: str, base_axes: bool = False) -> None:
+    allowed = _RL_FIELDS | (set(BASE_AXES) if base_axes else set())
+    unknown = sorted(set(fields_) - allowed)
     if unknown:
-        known = ", ".join(sorted(_RL_FIELDS))
-        raise ValueError(f"unknown field(s) {unknown} in {where}; RLConfig fields: {known}")
+        known = ", ".join(sorted(allowed))
+        raise ValueError(f"unknown field(s) {unknown} in {where}; allowed: {known}")
 
 
 def _digest(text: str) -> str:
@@ -138,9 +176,18 @@ def _digest(text: str) -> str:
 
 
 def _trial_name(variant: str, values: dict) -> str:
-    parts = ([variant] if variant else []) + [f"{k}={v}" for k, v in values.items()]
-    name = re.sub(r"[^A-Za-z0-9._=-]+", "-", "__".join(parts)) or "trial"
-    return name if len(name) <= 120 else f"{name[:100]}__{_digest(name)}"
+    """<variant>__<field>=<value>__...: each value as written when it is plain (letters, digits,
+    '.', '-'), else its other characters replaced by '-' and a digest of its JSON appended
+    ("cuda:1" -> "cuda-1-h3f2a..."), so that names stay readable and injective."""
+    parts = [variant] if variant else []
+    for key, value in values.items():
+        text = str(value)
+        if not re.fullmatch(r"[A-Za-z0-9-][A-Za-z0-9.-]{0,39}", text):
+            plain = re.sub(r"[^A-Za-z0-9.-]+", "-", text)[:30].lstrip(".")
+            text = f"{plain}-h{_digest(json.dumps(value, sort_keys=True, default=str))}"
+        parts.append(f"{key}={text}")
+    name = "__".join(parts) or "trial"
+    return name if len(name) <= 120 else f"{name[:90]}__h{_digest(name)}"
 
 
 def parse_grid(data: Any, source: str = "grid") -> Grid:
@@ -197,27 +244,46 @@ class SweepResult:
         return "\n".join(lines)
 
 
-def _config_columns(cfg: train.RLConfig) -> dict:
+def _config_columns(cfg: config.RLConfig) -> dict:
     row = dataclasses.asdict(cfg)
     row.pop("device")
     row["objective_params"] = json.dumps(row["objective_params"], sort_keys=True)
     return row
 
 
-def _run_trial(profile_name: str, base_path: str, cfg_fields: dict, trial_dir: str) -> dict:
-    """The trial function every backend runs (in a worker process): load the shared base, train,
-    mark done. Never raises: errors come back as {"status": "failed", "error": ...}."""
+def _profile(name: str, graph: int, base: int) -> config.ProfileConfig:
+    return config.with_base(config.for_profile(name), graph=graph, base=base)
+
+
+def _pretrain_base(profile_name: str, graph: int, base: int, base_path: str) -> dict:
+    """The base job every backend runs first: pretrain (graph, base) into base_path. Never
+    raises: errors come back as {"status": "failed", "error": ...}."""
     import torch
 
     t0 = time.perf_counter()
     try:
         torch.set_num_threads(1)
-        profile = train.get_profile(profile_name)
-        cfg = train.RLConfig(**cfg_fields)
-        base = train.load_or_pretrain(profile, base_path, cfg.device, progress=False, owned=False)
-        task = train.build_task(profile.task)
-        train.train_rl(base, task, cfg, trial_dir, progress=False)
-        done = {"run_key": train.run_key(cfg), "wall_s": time.perf_counter() - t0}
+        load_or_pretrain(_profile(profile_name, graph, base), base_path, progress=False)
+        return {"status": "done", "error": "", "wall_s": time.perf_counter() - t0}
+    except Exception as err:  # noqa: BLE001 - reported with the trials that needed it
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                "wall_s": time.perf_counter() - t0}  # fmt: skip
+
+
+def _run_trial(
+    profile_name: str, graph: int, base: int, base_path: str, cfg_fields: dict, trial_dir: str
+) -> dict:
+    """The trial function every backend runs (in a worker process): companion.rl.run_trial from
+    the shared base, then mark done. Never raises: errors come back as {"status": "failed",
+    "error": ...}."""
+    import torch
+
+    t0 = time.perf_counter()
+    try:
+        torch.set_num_threads(1)
+        cfg = config.RLConfig(**cfg_fields)
+        rl.run_trial(_profile(profile_name, graph, base), cfg, trial_dir, base_path)
+        done = {"run_key": rl.run_key(cfg), "wall_s": time.perf_counter() - t0}
         atomic_write_text(Path(trial_dir) / "done.json", json.dumps(done))
         return {"status": "done", "error": "", "wall_s": done["wall_s"]}
     except Exception as err:  # noqa: BLE001 - a failing trial must not stop the others
@@ -231,7 +297,7 @@ def _finished(trial: Trial, trial_dir: Path) -> bool:
     if not (done.is_file() and (trial_dir / "metrics.csv").is_file()):
         return False
     try:
-        return json.loads(done.read_text()).get("run_key") == train.run_key(trial.config, 1)
+        return json.loads(done.read_text()).get("run_key") == rl.run_key(trial.config, 1)
     except (OSError, ValueError):
         return False
 
@@ -240,6 +306,8 @@ def _rows(trial: Trial, trial_dir: Path, outcome: dict) -> pd.DataFrame:
     meta = {
         "trial": trial.name,
         "variant": trial.variant,
+        "graph": trial.graph,
+        "base": trial.base,
         **_config_columns(trial.config),
         "status": outcome["status"],
         "error": outcome["error"],
@@ -265,8 +333,8 @@ def _init_local_worker(gpu_ids: Any) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _local(jobs: list[tuple], workers: int):
-    """Yield (index, outcome) as local worker processes finish trials."""
+def _local(fn, jobs: list[tuple], workers: int):
+    """Yield (index, outcome) as local worker processes finish fn(*job) for each job."""
     import torch
 
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -277,7 +345,7 @@ def _local(jobs: list[tuple], workers: int):
         for i in range(workers):
             gpu_ids.put(i % n_gpus)
     with cf.ProcessPoolExecutor(workers, ctx, _init_local_worker, (gpu_ids,)) as pool:
-        futures = {pool.submit(_run_trial, *job): i for i, job in enumerate(jobs)}
+        futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
         for fut in cf.as_completed(futures):
             try:
                 outcome = fut.result()
@@ -286,9 +354,9 @@ def _local(jobs: list[tuple], workers: int):
             yield futures[fut], outcome
 
 
-def _ray(jobs: list[tuple], workers: int, address: str | None, gpus_per_trial: float | None):
-    """Yield (index, outcome) as Ray tasks finish (a local Ray with `workers` CPUs unless an
-    address is given)."""
+def _ray(fn, jobs: list[tuple], workers: int, address: str | None, gpus_per_trial: float | None):
+    """Yield (index, outcome) as Ray tasks of fn(*job) finish (a local Ray with `workers` CPUs
+    unless an address is given)."""
     try:
         import ray
     except ImportError as err:
@@ -305,7 +373,7 @@ def _ray(jobs: list[tuple], workers: int, address: str | None, gpus_per_trial: f
         options: dict[str, Any] = {"num_cpus": 1, "max_retries": 0}
         if gpus_per_trial:
             options["num_gpus"] = gpus_per_trial
-        remote = ray.remote(**options)(_run_trial)
+        remote = ray.remote(**options)(fn)
         pending = {remote.remote(*job): i for i, job in enumerate(jobs)}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -329,6 +397,7 @@ def run(
     address: str | None = None,
     gpus_per_trial: float | None = None,
     progress: bool = True,
+    max_trials: int = MAX_TRIALS,
 ) -> SweepResult:
     """Run every trial of `grid` under `out` (see the module docstring)."""
     import torch
@@ -339,40 +408,71 @@ def run(
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if gpus_per_trial is not None and not gpus_per_trial > 0:
         raise ValueError(f"gpus_per_trial must be > 0, got {gpus_per_trial}")
-    trials = grid.trials()
-    out = checkpoint.writable_dir(out, "--out")
+    trials = grid.trials(max_trials)
+    out = writable_dir(out, "--out")
     threads = torch.get_num_threads()
-    with checkpoint.exclusive(out):
+
+    def stream(fn, jobs):
+        if backend == "local":
+            return _local(fn, jobs, workers)
+        return _ray(fn, jobs, workers, address, gpus_per_trial)
+
+    with exclusive(out):
         remove_stale_temporaries(out)
-        profile = train.get_profile(grid.profile)
         torch.set_num_threads(1)  # trials run with one thread, and the base key says so
-        base_path = out / "bases" / f"{train_digest(profile)}.pt"
         try:
-            train.load_or_pretrain(profile, base_path, None, progress=progress)
+            bases = {}
+            for t in trials:
+                if (t.graph, t.base) not in bases:
+                    key = base_digest(_profile(grid.profile, t.graph, t.base))
+                    bases[t.graph, t.base] = out / "bases" / f"{key}.pt"
         finally:
             torch.set_num_threads(threads)
+        base_jobs = [(grid.profile, g, b, str(path)) for (g, b), path in bases.items()]
+        broken: dict[tuple[int, int], str] = {}
+        if len(base_jobs) == 1:  # one base: pretrain it here (a pool would only add start-up)
+            try:
+                outcome = _pretrain_base(*base_jobs[0])
+            finally:
+                torch.set_num_threads(threads)
+            if outcome["status"] != "done":
+                raise ValueError(f"pretraining the base failed: {outcome['error']}")
+        elif base_jobs:
+            bar = progress_bar(
+                stream(_pretrain_base, base_jobs), total=len(base_jobs), desc="bases",
+                disable=not progress,
+            )  # fmt: skip
+            for j, outcome in bar:
+                if outcome["status"] != "done":
+                    _, g, b, _ = base_jobs[j]
+                    broken[g, b] = f"pretraining its base failed: {outcome['error']}"
         frames: dict[int, pd.DataFrame] = {}
+        failed: dict[str, str] = {}
         jobs, todo = [], []
         for i, trial in enumerate(trials):
             trial_dir = out / trial.name
-            if _finished(trial, trial_dir):
+            if (trial.graph, trial.base) in broken:
+                failed[trial.name] = broken[trial.graph, trial.base]
+                outcome = {"status": "failed", "error": failed[trial.name]}
+                frames[i] = _rows(trial, trial_dir, outcome)
+            elif _finished(trial, trial_dir):
                 wall = json.loads((trial_dir / "done.json").read_text()).get("wall_s")
-                frames[i] = _rows(trial, trial_dir, {"status": "done", "error": "", "wall_s": wall})
+                outcome = {"status": "done", "error": "", "wall_s": wall}
+                frames[i] = _rows(trial, trial_dir, outcome)
             else:
+                base_path = str(bases[trial.graph, trial.base])
                 cfg_fields = dataclasses.asdict(trial.config)
-                jobs.append((grid.profile, str(base_path), cfg_fields, str(trial_dir)))
+                jobs.append(
+                    (grid.profile, trial.graph, trial.base, base_path, cfg_fields, str(trial_dir))
+                )
                 todo.append(i)
         results = out / "results.csv"
-        skipped = len(frames)
-        failed: dict[str, str] = {}
+        skipped = len(frames) - len(failed)
         _write(results, frames)
         if jobs:
-            stream = (
-                _local(jobs, workers)
-                if backend == "local"
-                else _ray(jobs, workers, address, gpus_per_trial)
+            bar = progress_bar(
+                stream(_run_trial, jobs), total=len(jobs), desc="trials", disable=not progress
             )
-            bar = progress_bar(stream, total=len(jobs), desc="trials", disable=not progress)
             for j, outcome in bar:
                 i = todo[j]
                 trial = trials[i]
@@ -381,11 +481,6 @@ def run(
                     failed[trial.name] = outcome["error"]
                 _write(results, frames)
         return SweepResult(results, len(trials), len(jobs), skipped, failed)
-
-
-def train_digest(profile: train.Profile) -> str:
-    """The file name of the shared base: a hash of train.base_key at one thread."""
-    return _digest(train.base_key(profile, threads=1))
 
 
 def _write(path: Path, frames: dict[int, pd.DataFrame]) -> None:

@@ -24,6 +24,11 @@ their own. Three kinds of claim (DESIGN.md, "Evidence standards"):
 
 A claim made of several parts is decided by :func:`conjunction` (``partly`` when some parts hold and
 some fail).
+
+Named tolerances (:data:`TOLERANCES`) decide exact checks of floating-point results
+(:func:`within`), and :func:`bonferroni_z` is the one family-wise threshold for many z-scores:
+cells use these, never a number of their own. A check that holds prints its bound ("< 1e-12"),
+not the round-off below it, which differs from one CPU to the next.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ __all__ = [
     "alternatives",
     "conjunction",
     "FRAGILE_SE",
+    "TOLERANCES",
+    "within",
+    "bonferroni_z",
+    "bootstrap_mean",
 ]
 
 KINDS = ("identity", "numerical", "empirical")
@@ -57,6 +66,18 @@ VERDICTS = ("holds", "fails", "partly", "inconclusive")
 DIRECTIONS = ("greater", "less")
 MIN_SEEDS = 3  # empirical claims need at least this many independent seeds
 FRAGILE_SE = 1.0  # a verdict is fragile when an interval edge lies this close (in SE) to a null
+TOLERANCES = {
+    # float64 round-off of closed forms and short sums (relative or absolute, as the check says)
+    "float64": 1e-12,
+    # autograd through softmaxes and powers up to k = 256: accumulated round-off
+    "autograd": 1e-10,
+    # a cosine that should be exactly 1 (collinear gradients), computed in float64
+    "cosine": 1e-13,
+    # quadrature and fixed points solved to 1e-13
+    "quadrature": 1e-13,
+    # an exact update that should vanish at a stationary point
+    "stationary": 1e-12,
+}
 
 
 @dataclass(frozen=True)
@@ -127,6 +148,8 @@ class Decision:
         if self.method.startswith("equivalence"):
             side = "="
         if self.kind != "empirical":
+            if self.band is not None and self.verdict == "holds":  # a within() check
+                return f"{self.statistic} < {self.band:g} ({self.method}) -> {self.verdict}"
             return f"{self.statistic}: {self.estimate:.4g} ({self.method}) -> {self.verdict}"
         return (
             f"{self.statistic}: {self.estimate:.4g}, {round(100 * self.confidence)}% CI "
@@ -175,6 +198,37 @@ def exact(
     return Decision(
         "holds" if ok else "fails", kind, statistic, v, v, v, 0.0, "greater", seeds, method
     )
+
+
+def within(
+    value: float,
+    tolerance: str | float,
+    *,
+    kind: str = "identity",
+    statistic: str = "",
+    method: str = "exact",
+) -> Decision:
+    """An exact check "value <= tolerance" of a non-negative error (a residual, a max |difference|):
+    holds if it is, fails otherwise. `tolerance` is a name in TOLERANCES or a number. When it
+    holds, the description prints the bound ("< 1e-12") instead of the round-off below it."""
+    tol = TOLERANCES[tolerance] if isinstance(tolerance, str) else float(tolerance)
+    if not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tolerance must be finite and > 0, got {tolerance!r}")
+    v = float(value)
+    ok = bool(v <= tol)  # NaN fails
+    return dataclasses.replace(
+        exact(ok, kind=kind, statistic=statistic, value=v, method=method), band=tol
+    )
+
+
+def bonferroni_z(tests: int, alpha: float = 1e-3) -> float:
+    """The two-sided z threshold that keeps the family-wise error of `tests` z-scores at `alpha`:
+    Phi^{-1}(1 - alpha / (2 tests)) (Bonferroni). A check "max |z| <= threshold" of an unbiased
+    estimator then fails with probability at most alpha under the CLT."""
+    if isinstance(tests, bool) or not isinstance(tests, (int, np.integer)) or tests < 1:
+        raise ValueError(f"tests must be an integer >= 1, got {tests!r}")
+    _check_confidence(1 - alpha)
+    return float(stats.norm.ppf(1 - alpha / (2 * int(tests))))
 
 
 def _values(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -281,6 +335,34 @@ def paired_bootstrap(
         n_seeds,
         f"paired bootstrap over {len(diff)} prompts",
         confidence,
+    )
+
+
+def bootstrap_mean(
+    values: Sequence | np.ndarray,
+    *,
+    null: float = 0.0,
+    direction: str = "greater",
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+    statistic: str = "mean over prompts",
+    seeds: int = 1,
+) -> Decision:
+    """Percentile bootstrap of the mean of one value per independent unit (a tabular prompt, a
+    replicate): the one-sample case of :func:`paired_bootstrap` (values against 0). `seeds`
+    records how many independent replicates the units come from."""
+    x = _values(values, "values")
+    return paired_bootstrap(
+        x,
+        np.zeros_like(x),
+        null=null,
+        direction=direction,
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+        statistic=statistic,
+        seeds=seeds,
     )
 
 

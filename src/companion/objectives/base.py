@@ -19,6 +19,7 @@ __all__ = [
     "get",
     "names",
     "is_binary",
+    "seeded",
 ]
 
 SAMPLERS = ("iid", "swor")  # the values of Objective.sampler (and of the training config)
@@ -162,3 +163,14 @@ def get(name: str, **params: Any) -> Objective:
 def names(sampler: str | None = None) -> list[str]:
     """Names of the registered objectives (those assuming `sampler`, if given), sorted."""
     return sorted(n for n, cls in _REGISTRY.items() if sampler is None or cls.sampler == sampler)
+
+
+def seeded(objective: str | Objective, seed: int) -> Objective:
+    """`objective` itself if it is an instance, else a fresh one by name whose generator (for
+    stochastic objectives) is seeded with seed + 1."""
+    if isinstance(objective, Objective):
+        return objective
+    obj = get(objective)
+    if obj.stochastic:
+        obj.generator = torch.Generator().manual_seed(seed + 1)
+    return obj
