@@ -26,7 +26,7 @@ import torch
 
 from companion import objectives
 from companion.objectives.passk_family import PKPO, max_at_k_weights
-from companion.passk import pass_at_k_unbiased
+from companion.theory.passk import pass_at_k_unbiased
 
 
 def loop_estimator(n: int, c: int, k: int) -> float:

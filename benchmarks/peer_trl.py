@@ -45,8 +45,9 @@ from pathlib import Path
 
 import torch
 
-from companion import config, objectives, pretrain, rl
-from companion.models import GPT
+from companion import objectives
+from companion.model import config, pretrain, rl
+from companion.model.gpt import GPT
 
 try:  # the optional bench extra
     from datasets import Dataset

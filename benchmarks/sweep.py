@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from companion import config, pretrain, sweep
+from companion.model import config, pretrain, sweep
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion import checkpoint, cli, config, files, pretrain
+from companion import cli, files
+from companion.model import checkpoint, config, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = config.for_profile("smoke")

@@ -8,7 +8,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from companion import claims
+from companion.evidence import claims
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_SETS = ([10, 11, 12], [20, 21, 22], [30, 31, 32])

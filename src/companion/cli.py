@@ -74,7 +74,8 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
     if light_only:
         _light_parsers(sub)
         return ap
-    from . import config, objectives, profiles
+    from companion import objectives, profiles
+    from companion.model import config
 
     t = sub.add_parser("train", help="pretrain (cached) then RL with one objective variant")
     t.add_argument("--objective", default="pass1_reinforce", help=", ".join(objectives.names()))
@@ -130,8 +131,8 @@ def _device(name: str | None) -> str | None:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from . import config, rl
-    from .files import exclusive, writable_dir
+    from companion.files import exclusive, writable_dir
+    from companion.model import config, rl
 
     profile = config.for_profile(args.profile)
     overrides = {
@@ -184,7 +185,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from . import sweep
+    from companion.model import sweep
 
     grid = sweep.load_grid(args.grid)
     result = sweep.run(
@@ -202,7 +203,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _notebooks(args: argparse.Namespace) -> int:
-    from .reproduce import execute, reproduce
+    from companion.reproduce import execute, reproduce
 
     try:
         if args.command == "reproduce":
@@ -223,7 +224,7 @@ def _notebooks(args: argparse.Namespace) -> int:
 def _compare_claims(args: argparse.Namespace) -> int:
     import re
 
-    from . import claims
+    from companion.evidence import claims
 
     prefixes = tuple(t for t in re.split(r"[\s,]+", args.nb) if t)
     sides = []
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser(light_only=light).parse_args(argv)
     errors: tuple[type[Exception], ...] = (ValueError,)
     if not light:
-        from .files import RunLockedError
+        from companion.files import RunLockedError
 
         errors = (ValueError, RunLockedError)
     try:
@@ -261,15 +262,15 @@ def main(argv: list[str] | None = None) -> int:
             return _notebooks(args)
         if args.command == "compare-claims":
             return _compare_claims(args)
-        from .repro import results_dir
+        from companion.repro import results_dir
 
         results = Path(args.results) if args.results else results_dir()
         if args.command == "report":
-            from .report import build
+            from companion.evidence.report import build
 
             print(build(results).read_text())
             return 0
-        from .site import build_site
+        from companion.evidence.site import build_site
 
         print(f"site: {build_site(results)}")
         return 0

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .repro import notebooks_dir
+from companion.repro import notebooks_dir
 
 __all__ = [
     "KERNEL_NAME",

@@ -1,13 +1,14 @@
 """The profiles: one registry of the names that size every run, shared by the notebooks
 (``profile`` parameter, params/<profile>/<notebook>.yaml), ``make reproduce PROFILE=...``, the
-tiny-GPT configurations (companion.config.PROFILE_CONFIGS, keyed by these names) and grid files.
+tiny-GPT configurations (companion.model.config.PROFILE_CONFIGS, keyed by these names) and grid
+files.
 
 No torch: the light commands (reproduce, report, html) and the notebook parameter checks read it.
 """
 
 from __future__ import annotations
 
-from . import validation
+from companion import validation
 
 __all__ = ["PROFILES", "DEFAULT", "check"]
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from . import profiles
-from .files import remove_stale_temporaries, writable_dir
-from .repro import notebooks_dir
+from companion import profiles
+from companion.files import remove_stale_temporaries, writable_dir
+from companion.repro import notebooks_dir
 
 __all__ = ["select", "reproduce", "execute"]
 
@@ -137,7 +137,7 @@ def reproduce(profile: str, prefixes: str | None, results: str | os.PathLike) ->
         )
         (results / "failed" / nb.name).unlink(missing_ok=True)
         print(f"   done in {time.perf_counter() - t0:.0f} s", flush=True)
-    from .report import build
+    from companion.evidence.report import build
 
     return build(results)
 

@@ -20,10 +20,19 @@ Add a variant in your own module, without touching this package:
 Every registered objective is then picked up by the exact-gradient tests and the harness.
 """
 
-from . import group_baselines as _group_baselines  # noqa: F401  (registers grpo, ...)
-from . import passk_family as _passk_family  # noqa: F401  (registers pkpo, pkpo_loo, ...)
-from . import without_replacement as _without_replacement  # noqa: F401  (registers swor_ordered)
-from .base import SAMPLERS, Objective, get, is_binary, names, register, seeded, unregister
+from companion.objectives import group_baselines as _group_baselines  # noqa: F401 (registers)
+from companion.objectives import passk_family as _passk_family  # noqa: F401 (registers)
+from companion.objectives import without_replacement as _without_replacement  # noqa: F401
+from companion.objectives.base import (
+    SAMPLERS,
+    Objective,
+    get,
+    is_binary,
+    names,
+    register,
+    seeded,
+    unregister,
+)
 
 __all__ = [
     "SAMPLERS",

@@ -32,7 +32,7 @@ class Objective(ABC):
       unbiased_for: "pass@1" (E_pi[r]), "pass@k" (0/1 rewards only), "max@k" (E[max of k
           rewards], whose 0/1 case is pass@k) or another target the harness knows, if
           E[sum_i w_i grad log pi(y_i)] equals that gradient exactly; None for shaped or
-          heuristic variants (companion.harness.TARGETS lists the targets).
+          heuristic variants (companion.theory.harness.TARGETS lists the targets).
       binary_only: whether rewards must be 0/1 (otherwise any finite real rewards).
       stochastic: whether weights use randomness beyond the rollouts (then pass a generator).
       min_group: the smallest n the formula is defined for.

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Objective, StdNormalized, register
+from companion.objectives.base import Objective, StdNormalized, register
 
 
 @register("pass1_reinforce")

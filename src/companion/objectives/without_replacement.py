@@ -2,7 +2,8 @@
 
 When the n rollouts of a prompt are distinct draws in Plackett-Luce order (Gumbel-top-k, stochastic
 beam search), pass@k of the first k is J_k^wor = E[max_{i<=k} r(s_i)], which is not a function of
-J_1 alone (companion.exact.pass_at_k_swor), so PKPO's weights no longer estimate its gradient.
+J_1 alone (companion.theory.exact.pass_at_k_swor), so PKPO's weights no longer estimate its
+gradient.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Objective, register
+from companion.objectives.base import Objective, register
 
 
 @register("swor_ordered")

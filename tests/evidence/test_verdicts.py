@@ -1,0 +1,159 @@
+"""The verdict rules: every branch, with data built to hold, fail and be inconclusive."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from companion.evidence import verdicts as v
+
+
+def test_decide_interval_branches():
+    assert v.decide_interval(0.1, 0.3, 0.0, "greater") == "holds"
+    assert v.decide_interval(-0.3, -0.1, 0.0, "greater") == "fails"
+    assert v.decide_interval(-0.1, 0.3, 0.0, "greater") == "inconclusive"
+    assert v.decide_interval(-0.3, -0.1, 0.0, "less") == "holds"
+    assert v.decide_interval(0.1, 0.3, 0.0, "less") == "fails"
+    assert v.decide_interval(-0.1, 0.3, 0.0, "less") == "inconclusive"
+    assert v.decide_interval(math.nan, 1.0, 0.0, "greater") == "inconclusive"
+    with pytest.raises(ValueError, match="direction"):
+        v.decide_interval(0, 1, 0, "up")
+
+
+def test_mean_over_seeds_matches_scipy_t_interval():
+    x = np.array([0.21, 0.35, 0.18, 0.29, 0.4])
+    d = v.mean_over_seeds(x, null=0.1)
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    assert (d.low, d.high) == pytest.approx((lo, hi), rel=1e-12)
+    assert d.verdict == "holds" and d.seeds == 5 and d.kind == "empirical"
+
+
+@pytest.mark.parametrize(
+    ("values", "direction", "verdict"),
+    [
+        ([1.0, 1.2, 0.9], "greater", "holds"),
+        ([-1.0, -1.2, -0.9], "greater", "fails"),
+        ([1.0, -1.2, 0.3], "greater", "inconclusive"),  # built to straddle the null
+        ([-1.0, -1.2, -0.9], "less", "holds"),
+        ([0.5, 0.5, 0.5], "greater", "holds"),  # no spread: the point decides
+        ([0.0, 0.0, 0.0], "greater", "inconclusive"),
+    ],
+)
+def test_mean_over_seeds_branches(values, direction, verdict):
+    assert v.mean_over_seeds(values, direction=direction).verdict == verdict
+
+
+def test_mean_over_seeds_refuses_too_few_seeds_and_bad_values():
+    with pytest.raises(ValueError, match="at least 3 seeds"):
+        v.mean_over_seeds([1.0, 2.0])
+    with pytest.raises(ValueError, match="finite"):
+        v.mean_over_seeds([1.0, math.nan, 2.0])
+    with pytest.raises(ValueError, match="confidence"):
+        v.mean_over_seeds([1.0, 2.0, 3.0], confidence=1.5)
+
+
+def test_paired_bootstrap_branches_and_seed_axis():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, size=(3, 60))
+    up = v.paired_bootstrap(base + 0.2 + rng.normal(0, 0.05, base.shape), base)
+    down = v.paired_bootstrap(base - 0.2, base)
+    noise = v.paired_bootstrap(base + rng.normal(0, 0.5, base.shape), base, seed=1)
+    assert (up.verdict, down.verdict) == ("holds", "fails")
+    assert noise.verdict == "inconclusive" and noise.low < 0 < noise.high
+    assert up.seeds == 3 and "60 prompts" in up.method
+    with pytest.raises(ValueError, match="at least 3 seeds"):
+        v.paired_bootstrap(base[:2], base[:2])
+    with pytest.raises(ValueError, match="share a shape"):
+        v.paired_bootstrap(base, base[:, :5])
+
+
+def test_paired_bootstrap_is_reproducible_and_covers_the_mean():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.1, 1, 200), rng.normal(0, 1, 200)
+    d1, d2 = v.paired_bootstrap(a, b, seed=5), v.paired_bootstrap(a, b, seed=5)
+    assert (d1.low, d1.high) == (d2.low, d2.high)
+    assert d1.low < (a - b).mean() < d1.high
+
+
+def test_proportion_wilson_interval():
+    d = v.proportion(40, 50, null=0.5)
+    assert d.verdict == "holds" and 0.66 < d.low < 0.68 and 0.88 < d.high < 0.89
+    assert v.proportion(5, 50, null=0.5).verdict == "fails"
+    assert v.proportion(26, 50, null=0.5).verdict == "inconclusive"
+    assert v.proportion(0, 10, null=0.5).low == 0.0
+    with pytest.raises(ValueError, match="successes"):
+        v.proportion(11, 10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 400), st.floats(0.0, 1.0))
+def test_wilson_interval_contains_the_estimate(total, frac):
+    k = int(round(frac * total))
+    d = v.proportion(k, total)
+    assert 0.0 <= d.low <= k / total <= d.high <= 1.0
+
+
+def test_exact_checks():
+    assert v.exact(True).verdict == "holds" and v.exact(False, kind="numerical").verdict == "fails"
+    assert v.exact(True).interval == ""
+    with pytest.raises(ValueError, match="interval rule"):
+        v.exact(True, kind="empirical")
+    with pytest.raises(ValueError, match="bool"):
+        v.exact(0.5)
+
+
+def test_conjunction_branches():
+    h, f = v.exact(True), v.exact(False)
+    inc = v.mean_over_seeds([1.0, -1.0, 0.1])
+    emp = v.mean_over_seeds([1.0, 1.1, 0.9])
+    assert v.conjunction([h, emp]).verdict == "holds"
+    assert v.conjunction([h, emp]).kind == "empirical" and v.conjunction([h, emp]).seeds == 3
+    assert v.conjunction([f, f]).verdict == "fails"
+    assert v.conjunction([h, f]).verdict == "partly"
+    assert v.conjunction([f, inc]).verdict == "fails"
+    assert v.conjunction([h, inc]).verdict == "inconclusive"
+    assert v.conjunction([h, h]).kind == "identity"
+    with pytest.raises(ValueError):
+        v.conjunction([])
+
+
+def test_equivalence_branches():
+    inside = v.equivalence([0.95, 0.97, 0.99], target=1.0, margin=0.25)
+    outside = v.equivalence([0.2, 0.25, 0.3], target=1.0, margin=0.25)
+    wide = v.equivalence([0.2, 0.9, 1.5], target=1.0, margin=0.25)
+    assert (inside.verdict, outside.verdict, wide.verdict) == ("holds", "fails", "inconclusive")
+    assert "equivalence" in inside.method and inside.kind == "empirical"
+    with pytest.raises(ValueError, match="margin"):
+        v.equivalence([1.0, 1.0, 1.0], target=1.0, margin=0.0)
+
+
+def test_alternatives_branches():
+    up, down, unsure = (
+        v.mean_over_seeds([0.9, 0.8, 0.85], null=0.5),
+        v.mean_over_seeds([0.1, 0.2, 0.15], null=0.5),
+        v.mean_over_seeds([0.1, 0.9, 0.5], null=0.5),
+    )
+    assert v.alternatives(up, down).verdict == "holds"
+    assert v.alternatives(down, up).verdict == "fails"
+    assert v.alternatives(unsure, unsure).verdict == "inconclusive"
+    assert v.alternatives(down, unsure).verdict == "inconclusive"  # not established either way
+    with pytest.raises(ValueError, match="both"):
+        v.alternatives(up, up)
+
+
+def test_margin_in_standard_errors_and_fragility():
+    # interval [0.1, 2.1] around 1.1 with z = 1.96: SE = 2 / 3.92; the lower edge is 0.1 from 0
+    d = v.Decision("holds", "empirical", "x", 1.1, 0.1, 2.1, 0.0, "greater", 5, "t")
+    assert d.margin_se == pytest.approx(0.1 / (2.0 / (2 * 1.959963984540054)))
+    assert d.fragile
+    far = v.mean_over_seeds([5.0, 5.1, 4.9, 5.05, 4.95])
+    assert far.margin_se > 10 and not far.fragile
+    # an equivalence decision is measured against the nearer end of its band
+    eq = v.equivalence([1.0, 1.01, 0.99, 1.0], target=1.0, margin=0.02)
+    se = (eq.high - eq.low) / (2 * 1.959963984540054)
+    assert eq.band == 0.02
+    assert eq.margin_se == pytest.approx(min(eq.low - 0.98, 1.02 - eq.high) / se)
+    assert math.isnan(v.exact(True).margin_se) and not v.exact(True).fragile
