@@ -157,3 +157,62 @@ def test_margin_in_standard_errors_and_fragility():
     assert eq.band == 0.02
     assert eq.margin_se == pytest.approx(min(eq.low - 0.98, 1.02 - eq.high) / se)
     assert math.isnan(v.exact(True).margin_se) and not v.exact(True).fragile
+
+
+def test_nested_bootstrap_variance_matches_the_level_that_varies():
+    rng = np.random.default_rng(0)
+    bases = rng.normal(size=8)
+    # only the bases differ: the bootstrap variance of the mean is var_pop(bases) / 8
+    groups = [np.broadcast_to(bases[:, None, None], (8, 3, 5)).copy()]
+    estimate, draws = v.nested_bootstrap(groups, resamples=20_000, seed=1)
+    assert estimate == pytest.approx(bases.mean())
+    assert draws.var() == pytest.approx(bases.var() / 8, rel=0.05)
+    # only the seeds differ (one base): var_pop(seeds) / 6
+    seeds = rng.normal(size=6)
+    _, draws = v.nested_bootstrap([seeds[None, :, None] * np.ones((1, 1, 4))], resamples=20_000)
+    assert draws.var() == pytest.approx(seeds.var() / 6, rel=0.05)
+    # two graphs with different prompt counts: the grand mean averages the graphs' means
+    g0, g1 = np.zeros((2, 2, 3)), np.ones((2, 2, 7))
+    assert v.nested_bootstrap([g0, g1], resamples=200)[0] == 0.5
+    with pytest.raises(ValueError, match="finite"):
+        v.nested_bootstrap([np.full((1, 1, 2), np.nan)])
+
+
+def test_paired_bootstrap_with_seeds_puts_the_seed_variance_in_the_interval():
+    a = np.zeros((5, 40))
+    a[0] += 1.0  # one seed generalises better on every prompt
+    b = np.zeros((5, 40))
+    d = v.paired_bootstrap(a, b, statistic="x")
+    assert d.estimate == pytest.approx(0.2)
+    assert d.low < 0.05 and d.high > 0.35  # the run-level effect shows (averaging first: width 0)
+    assert d.verdict == "inconclusive"
+
+
+def _hyp(p_target, claim="greater", margin=None, n=999):
+    """A hypothesis whose bootstrap p-value is exactly p_target (draws below the null)."""
+    below = round(p_target * (n + 1)) - 1
+    draws = np.r_[np.full(below, -1.0), np.full(n - below, 1.0)]
+    return v.Hypothesis("s", 1.0, draws, claim, margin=margin)
+
+
+def test_holm_step_down_against_a_brute_force_reference():
+    ps = [0.001, 0.04, 0.012, 0.3, 0.02]
+    hyps = [_hyp(p) for p in ps]
+    decisions = v.decide_family(hyps, alpha=0.05)
+    # Holm by hand: sorted 0.001 <= .05/5, 0.012 <= .05/4, 0.02 <= .05/3? no (0.0167): stop
+    assert [d.verdict for d in decisions] == [
+        "holds", "inconclusive", "holds", "inconclusive", "inconclusive"
+    ]  # fmt: skip
+    assert all(h.p_value() == pytest.approx(p, abs=1e-12) for h, p in zip(hyps, ps, strict=True))
+    assert decisions[0].confidence == pytest.approx(1 - 2 * 0.05 / 5)
+
+
+def test_family_equivalence_holds_fails_or_stays_inconclusive():
+    rng = np.random.default_rng(2)
+    inside = v.Hypothesis("in", 0.0, rng.normal(0, 0.01, 2000), "equivalent", margin=0.1)
+    outside = v.Hypothesis("out", 0.5, rng.normal(0.5, 0.01, 2000), "equivalent", margin=0.1)
+    wide = v.Hypothesis("wide", 0.0, rng.normal(0, 0.2, 2000), "equivalent", margin=0.1)
+    got = [d.verdict for d in v.decide_family([inside, outside, wide])]
+    assert got == ["holds", "fails", "inconclusive"]
+    with pytest.raises(ValueError, match="margin"):
+        v.Hypothesis("x", 0.0, np.zeros(200), "equivalent")

@@ -239,3 +239,15 @@ def test_prompts_at_matched_interpolates_like_the_aggregate():
     at = analysis.prompts_at_matched(metrics, prompts, 0.5)
     assert at.tolist() == pytest.approx([0.4, 0.6])  # halfway between steps 10 and 20
     assert analysis.prompts_at_matched(metrics, prompts, 0.9) is None
+
+
+def test_a_run_with_stop_gain_ends_at_the_first_evaluation_past_it_and_stays_ended(base, tmp_path):
+    cfg = dataclasses.replace(SMOKE.rl, steps=40, eval_every=2, lr=3e-3, stop_gain=0.02)
+    first = rl.train_rl(base, SMOKE, cfg, tmp_path, progress=False)
+    gains = first.test_j1 - first.test_j1.iloc[0]
+    assert gains.iloc[-1] >= 0.02 and (gains.iloc[:-1] < 0.02).all()  # stopped at the first one
+    assert first.step.iloc[-1] < 40
+    again = rl.train_rl(base, SMOKE, cfg, tmp_path, progress=False)  # resumes: nothing to do
+    pd.testing.assert_frame_equal(first, again)
+    with pytest.raises(ValueError, match="stop_gain"):
+        dataclasses.replace(cfg, stop_gain=1.5)

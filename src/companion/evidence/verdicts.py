@@ -59,6 +59,9 @@ __all__ = [
     "within",
     "bonferroni_z",
     "bootstrap_mean",
+    "nested_bootstrap",
+    "Hypothesis",
+    "decide_family",
 ]
 
 KINDS = ("identity", "numerical", "empirical")
@@ -291,14 +294,15 @@ def paired_bootstrap(
     min_seeds: int = MIN_SEEDS,
     seeds: int | None = None,
 ) -> Decision:
-    """Paired percentile bootstrap over prompts of mean(a - b).
+    """Paired percentile bootstrap of mean(a - b) over prompts (and seeds).
 
-    a, b: shape (prompts,) or (seeds, prompts), paired by prompt (and by seed). The per-prompt
-    difference is first averaged over seeds, then prompts are resampled with replacement
-    `resamples` times; the interval is the (1 -+ confidence)/2 quantiles of the resampled means.
-    With a seed axis, at least `min_seeds` seeds are required. One-dimensional data whose prompts
-    come from several independent replicates (tabular prompts share no parameters) may say how
-    many with `seeds`."""
+    a, b: shape (prompts,) or (seeds, prompts), paired by prompt (and by seed). With a seed axis
+    both are resampled, seeds and then the prompts that every seed shares
+    (:func:`nested_bootstrap`), so a seed whose runs generalise better widens the interval; with
+    one axis, prompts are resampled. The interval is the (1 -+ confidence)/2 quantiles of the
+    resampled means. With a seed axis, at least `min_seeds` seeds are required. One-dimensional
+    data whose prompts come from several independent replicates (tabular prompts share no
+    parameters) may say how many with `seeds`."""
     _check_direction(direction)
     _check_confidence(confidence)
     a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -313,29 +317,161 @@ def paired_bootstrap(
         raise ValueError("seeds is only for one-dimensional data (the seed axis counts itself)")
     if a_arr.ndim == 2 and n_seeds < min_seeds:
         raise ValueError(f"need at least {min_seeds} seeds, got {n_seeds}")
-    diff = (a_arr - b_arr).reshape(a_arr.shape[0] if a_arr.ndim == 2 else 1, -1).mean(0)
-    if len(diff) < 2:
+    diff = (a_arr - b_arr).reshape(1, 1, *a_arr.shape[-2:]) if a_arr.ndim == 2 else None
+    if a_arr.shape[-1] < 2:
         raise ValueError("need at least 2 prompts to bootstrap")
     if resamples < 100:
         raise ValueError(f"resamples must be >= 100, got {resamples}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(resamples, len(diff)))
-    means = diff[idx].mean(1)
+    if diff is None:  # prompts only
+        flat = a_arr - b_arr
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(flat), size=(resamples, len(flat)))
+        estimate, draws = float(flat.mean()), flat[idx].mean(1)
+        method = f"paired bootstrap over {len(flat)} prompts"
+    else:
+        estimate, draws = nested_bootstrap([diff[0]], resamples=resamples, seed=seed)
+        method = f"paired bootstrap over {n_seeds} seeds and {a_arr.shape[1]} prompts"
     alpha = (1 - confidence) / 2
-    low, high = (float(q) for q in np.quantile(means, [alpha, 1 - alpha]))
+    low, high = (float(q) for q in np.quantile(draws, [alpha, 1 - alpha]))
     return Decision(
         decide_interval(low, high, null, direction),
         "empirical",
         statistic,
-        float(diff.mean()),
+        estimate,
         low,
         high,
         float(null),
         direction,
         n_seeds,
-        f"paired bootstrap over {len(diff)} prompts",
+        method,
         confidence,
     )
+
+
+def nested_bootstrap(
+    groups: Sequence[np.ndarray], *, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, np.ndarray]:
+    """(grand mean, `resamples` bootstrap means) of values nested as graph > base > seed > prompt.
+
+    groups[g] is an array (bases, seeds, prompts) for graph g (graphs may have different numbers
+    of prompts). The grand mean averages prompts, then seeds, then bases, then graphs. Each
+    resample draws graphs with replacement; within each drawn graph its bases, within each base
+    its seeds, and the graph's prompts once (the runs of one graph are evaluated on the same
+    prompts, so they stay paired): a percentile bootstrap whose spread contains the variance of
+    every level (the hierarchical bootstrap of Davison & Hinkley 1997, sec. 3.8)."""
+    if resamples < 100:
+        raise ValueError(f"resamples must be >= 100, got {resamples}")
+    arrays = [np.asarray(g, dtype=float) for g in groups]
+    if not arrays or any(g.ndim != 3 or 0 in g.shape for g in arrays):
+        raise ValueError("groups must be non-empty (bases, seeds, prompts) arrays")
+    if not all(np.all(np.isfinite(g)) for g in arrays):
+        raise ValueError("nested_bootstrap needs finite values")
+    rng = np.random.default_rng(seed)
+    estimate = float(np.mean([g.mean() for g in arrays]))
+    draws = np.empty(resamples)
+    n_graphs = len(arrays)
+    for r in range(resamples):
+        total = 0.0
+        for gi in rng.integers(0, n_graphs, size=n_graphs):
+            g = arrays[gi]
+            bases, seeds_, prompts = g.shape
+            per_run = g[:, :, rng.integers(0, prompts, size=prompts)].mean(-1)  # (bases, seeds)
+            b = rng.integers(0, bases, size=bases)
+            s = rng.integers(0, seeds_, size=(bases, seeds_))
+            total += per_run[b[:, None], s].mean()
+        draws[r] = total / n_graphs
+    return estimate, draws
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One test of a pre-registered family: the bootstrap draws of its statistic and the claim.
+
+    claim: "greater" or "less" (than `null`), or "equivalent" (within null +- margin)."""
+
+    statistic: str
+    estimate: float
+    draws: np.ndarray
+    claim: str
+    null: float = 0.0
+    margin: float | None = None
+    seeds: int = 0
+    method: str = "bootstrap"
+
+    def __post_init__(self) -> None:
+        if self.claim not in ("greater", "less", "equivalent"):
+            raise ValueError(f"claim must be greater, less or equivalent, got {self.claim!r}")
+        if (self.claim == "equivalent") != (self.margin is not None):
+            raise ValueError("an equivalence claim needs a margin, a directional one none")
+        if self.margin is not None and not (math.isfinite(self.margin) and self.margin > 0):
+            raise ValueError(f"margin must be finite and > 0, got {self.margin}")
+        if len(self.draws) < 100 or not np.all(np.isfinite(self.draws)):
+            raise ValueError("a hypothesis needs at least 100 finite bootstrap draws")
+
+    def p_value(self) -> float:
+        """Bootstrap p-value of the claim's null: (1 + draws on the null's side) / (1 + draws);
+        for equivalence the larger of the two one-sided p-values (two one-sided tests)."""
+        d, n = np.asarray(self.draws), len(self.draws)
+        if self.claim == "greater":
+            return (1 + int((d <= self.null).sum())) / (n + 1)
+        if self.claim == "less":
+            return (1 + int((d >= self.null).sum())) / (n + 1)
+        lo, hi = self.null - self.margin, self.null + self.margin
+        return (1 + max(int((d <= lo).sum()), int((d >= hi).sum()))) / (n + 1)
+
+
+def decide_family(hypotheses: Sequence[Hypothesis], *, alpha: float = 0.05) -> list[Decision]:
+    """Decide a family of hypotheses with Holm's step-down procedure (Holm 1979) at family-wise
+    level `alpha`: sort the p-values, compare the i-th smallest with alpha / (m - i + 1), and stop
+    at the first that exceeds it. A rejected null `holds` the claim. Each hypothesis is reported
+    with the percentile interval at its Holm level a_i (confidence 1 - 2 a_i): a claim not
+    established `fails` when that interval lies entirely on the other side of the null
+    (directional) or entirely outside the equivalence band, and is `inconclusive` otherwise."""
+    _check_confidence(1 - alpha)
+    m = len(hypotheses)
+    if m == 0:
+        raise ValueError("decide_family needs at least one hypothesis")
+    p = [h.p_value() for h in hypotheses]
+    order = sorted(range(m), key=lambda i: p[i])
+    levels, rejected, stopped = [0.0] * m, [False] * m, False
+    for rank, i in enumerate(order):
+        levels[i] = alpha / (m - rank)
+        if not stopped and p[i] <= levels[i]:
+            rejected[i] = True
+        else:
+            stopped = True
+    out = []
+    for i, h in enumerate(hypotheses):
+        a_i = levels[i]
+        low, high = (float(q) for q in np.quantile(h.draws, [a_i, 1 - a_i]))
+        if h.claim == "equivalent":
+            lo, hi = h.null - h.margin, h.null + h.margin
+            other = high < lo or low > hi
+            method = f"equivalence within +-{h.margin:g} ({h.method})"
+            direction = "greater"
+        else:
+            other = high < h.null if h.claim == "greater" else low > h.null
+            method = h.method
+            direction = h.claim
+        verdict = "holds" if rejected[i] else "fails" if other else "inconclusive"
+        rank = order.index(i) + 1
+        out.append(
+            Decision(
+                verdict,
+                "empirical",
+                h.statistic,
+                float(h.estimate),
+                low,
+                high,
+                float(h.null),
+                direction,
+                h.seeds,
+                f"{method}; Holm {rank}/{m}, alpha {a_i:.2g}, p {p[i]:.2g}",
+                1 - 2 * a_i,
+                h.margin,
+            )
+        )
+    return out
 
 
 def bootstrap_mean(

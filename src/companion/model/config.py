@@ -157,6 +157,7 @@ class RLConfig:
     seed: int = 0
     device: str | None = None  # None: CUDA if available, else CPU (not part of the run key)
     objective_params: dict = field(default_factory=dict)
+    stop_gain: float | None = None  # end once test J_1 is this much above the base's (rl.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.objective_params, dict):
@@ -172,6 +173,8 @@ class RLConfig:
         _fields(self, ("temperature",), low=0, low_open=True, high=1e3)
         _fields(self, ("entropy", "grad_clip"), low=0, high=1e6)
         object.__setattr__(self, "device", _device(self.device))
+        if self.stop_gain is not None:
+            _fields(self, ("stop_gain",), low=0, high=1, low_open=True)
         if self.k > self.n:
             raise ValueError(f"k = {self.k} must be <= n = {self.n} (rollouts per prompt)")
         if self.n < obj.min_group:

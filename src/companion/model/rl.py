@@ -8,7 +8,9 @@ One RL step (CleanRL-style, every knob in `RLConfig`):
   4. weights w = objective.weights(r, k, logprobs) (B, n);
   5. loss = -(w * log pi(rollout)).sum(1).mean() - entropy * mean token entropy;
      optimizer step (AdamW, or SGD without momentum), gradient clipped at `grad_clip` (0: never).
-A step whose loss or gradient is not finite stops the run with an error naming the step.
+A step whose loss or gradient is not finite stops the run with an error naming the step. With
+`stop_gain`, the run ends at the first evaluation whose test J_1 is that much above the base's
+(it has passed the last matched level it is compared at); `steps` is then the most it may take.
 
 Every `eval_every` steps the train and test prompts are evaluated exactly
 (:mod:`companion.model.evaluation`: J_1, pass@k for any k, expected distinct correct paths,
@@ -123,6 +125,12 @@ def _rl_step(
         "grad_norm": grad_norm,
         "token_entropy": float(ent.detach().mean()),
     }
+
+
+def _reached(rows: list[dict], stop_gain: float | None) -> bool:
+    """Whether the last evaluation's test J_1 is at least `stop_gain` above the base's (the
+    evaluation at step 0): the run has passed the last level it is compared at."""
+    return stop_gain is not None and rows[-1]["test_j1"] - rows[0]["test_j1"] >= stop_gain
 
 
 def run_key(cfg: RLConfig, threads: int | None = None) -> str:
@@ -295,7 +303,7 @@ def _train_rl(
             )
             atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
             atomic_write_text(prompts_path, pd.DataFrame(prompt_rows).to_csv(index=False))
-        if step == last:
+        if step == last or _reached(rows, cfg.stop_gain):
             break
         acc.append(_rl_step(model, opt, task, cfg, obj, gen, timings, step))
     if timings:
