@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,8 @@ __all__ = [
     "Diagnostics",
     "StepTrend",
     "default_ks",
+    "group_codes",
+    "size_buckets",
     "diagnose",
     "bootstrap_means",
     "trend",
@@ -69,8 +71,9 @@ def default_ks(n_max: int) -> list[int]:
     return ks
 
 
-def _codes(values: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes 0..G-1 in order of first appearance, and the G labels."""
+def group_codes(values: Any, what: str = "group ids") -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes 0..G-1 of N labels in order of first appearance, and the G labels
+    (`pandas.factorize`); a missing label (NaN, None) raises ValueError naming its row."""
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be one-dimensional, got shape {arr.shape}")
@@ -324,20 +327,32 @@ def _check_ks(ks: Sequence[int] | None, n_max: int) -> np.ndarray:
     return np.unique(arr.astype(np.int64))
 
 
-def _max_at_k(codes: np.ndarray, rewards: np.ndarray, sizes: np.ndarray, ks: np.ndarray):
-    """max@k per group (G, K) for real rewards: one (groups of size s, s) matrix per size s."""
-    groups = sizes.size
+def size_buckets(
+    codes: np.ndarray, sizes: np.ndarray
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Ragged groups as one dense matrix per group size: for each distinct size s, yields
+    (s, rollouts, row, col): the indices of the rollouts in groups of size s, and the cell of
+    each in an (m_s, s) matrix (row = the group's rank among groups of size s, col = the
+    rollout's rank inside its group, in input order). A loop over distinct sizes, not over
+    rollouts or groups."""
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     sorted_codes = codes[order]
     position = np.arange(codes.size) - starts[sorted_codes]
-    out = np.full((groups, ks.size), np.nan)
     for size in np.unique(sizes).tolist():
         members = sizes == size
-        rank = np.cumsum(members) - 1  # row of each group of this size in its matrix
-        rows = members[sorted_codes]
-        table = np.empty((int(members.sum()), size))
-        table[rank[sorted_codes[rows]], position[rows]] = rewards[order][rows]
+        rank = np.cumsum(members) - 1
+        picked = members[sorted_codes]
+        yield int(size), order[picked], rank[sorted_codes[picked]], position[picked]
+
+
+def _max_at_k(codes: np.ndarray, rewards: np.ndarray, sizes: np.ndarray, ks: np.ndarray):
+    """max@k per group (G, K) for real rewards, one dense matrix per group size."""
+    out = np.full((sizes.size, ks.size), np.nan)
+    for size, rollouts, row, col in size_buckets(codes, sizes):
+        table = np.empty((int(row.max()) + 1, size))
+        table[row, col] = rewards[rollouts]
+        members = np.flatnonzero(sizes == size)
         tensor = torch.from_numpy(table)
         for j, k in enumerate(ks.tolist()):
             if k <= size:
@@ -363,7 +378,7 @@ def diagnose(
     correct = reward >= threshold, and everything is computed on the 0/1 correctness).
     Raises ValueError (one line) for mismatched lengths, missing ids, non-finite rewards, or a
     group smaller than `min_group` (pass@k of one sample is pass@1: no curve)."""
-    codes, labels = _codes(group_ids, "group ids")
+    codes, labels = group_codes(group_ids, "group ids")
     values = _rewards(rewards)
     if codes.size != values.size:
         raise ValueError(f"{codes.size} group ids but {values.size} rewards")
@@ -401,7 +416,7 @@ def diagnose(
         per_group = np.where(too_big, np.nan, per_group)
         alpha = np.asarray(alpha_k(np.clip(j1, 0.0, 1.0)[:, None], ks_arr[None, :]), dtype=float)
         if answers is not None:
-            answer_codes, answer_labels = _codes(answers, "answers")
+            answer_codes, answer_labels = group_codes(answers, "answers")
             if answer_codes.size != codes.size:
                 raise ValueError(f"{codes.size} group ids but {answer_codes.size} answers")
             hit = values > 0
@@ -483,8 +498,8 @@ def trend(
 ) -> StepTrend:
     """The diagnostic per training step at one k: a group is a (step, prompt) pair. Real rewards
     need a `threshold` here (Situation I and the matched gap are defined for 0/1 correctness)."""
-    step_codes, step_labels = _codes(steps, "steps")
-    prompt_codes, _ = _codes(group_ids, "group ids")
+    step_codes, step_labels = group_codes(steps, "steps")
+    prompt_codes, _ = group_codes(group_ids, "group ids")
     if step_codes.size != prompt_codes.size:
         raise ValueError(f"{step_codes.size} steps but {prompt_codes.size} group ids")
     if bins < 1:
