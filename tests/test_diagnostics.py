@@ -2,10 +2,12 @@
 sets for the distinct answers, an explicit resampling loop for the bootstrap (no verl, no TRL)."""
 
 import itertools
+import json
 import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -274,3 +276,143 @@ def test_default_ks():
     assert dg.default_ks(1) == [1]
     assert dg.default_ks(8) == [1, 2, 4, 8]
     assert dg.default_ks(12) == [1, 2, 4, 8, 12]
+
+
+# ---- `python -m companion diagnose` on tables (CSV, JSONL; the verl and TRL logs are read in
+# tests/integrations, where those libraries write them) -------------------------------------
+
+
+def rollout_table(seed=0, steps=(0, 10), prompts=12, n=6):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in steps:
+        for p in range(prompts):
+            q = rng.random()
+            rows += [
+                (step, f"p{p}", float(rng.random() < q), str(rng.choice(["x", "y"])))
+                for _ in range(n)
+            ]
+    return pd.DataFrame(rows, columns=["step", "prompt_id", "reward", "answer"])
+
+
+def run_cli(*argv):
+    from companion import cli
+
+    return cli.main(["diagnose", *map(str, argv)])
+
+
+def brute_curve(frame, by, k):
+    groups = [g["reward"].tolist() for _, g in frame.groupby(by, sort=False)]
+    return np.mean([brute_max_at_k(g, k) for g in groups if len(g) >= k])
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_diagnose_a_table_as_json(tmp_path, capsys, suffix):
+    frame = rollout_table()
+    path = tmp_path / f"rollouts.{suffix}"
+    if suffix == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    assert run_cli(path, "--format", "json", "--resamples", "200") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_prompts"] == 24 and out["metric"] == "pass@k"  # a prompt per step
+    for k in (1, 2, 4, 6):
+        assert out["pass_at_k"][str(k)] == pytest.approx(
+            brute_curve(frame, ["step", "prompt_id"], k)
+        )
+        assert out["pass_at_k_interval"]["low"][str(k)] <= out["pass_at_k"][str(k)] + 1e-12
+    per_group = frame.groupby(["step", "prompt_id"])["reward"]
+    assert out["situation_I_share"] == pytest.approx((per_group.sum() == 0).mean())
+    assert out["input"]["columns"] == {
+        "prompt": "prompt_id",
+        "reward": "reward",
+        "step": "step",
+        "answer": "answer",
+    }
+    steps = out["steps"]
+    assert steps["steps"] == [0, 10] and steps["k"] == 6
+    for i, step in enumerate(steps["steps"]):
+        part = frame[frame.step == step]
+        assert steps["pass_at_k"][i] == pytest.approx(brute_curve(part, "prompt_id", 6))
+        assert steps["pass_at_1"][i] == pytest.approx(brute_curve(part, "prompt_id", 1))
+
+
+def test_diagnose_prints_the_curve_and_writes_figures(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    rollout_table().to_csv(path, index=False)
+    assert run_cli(path, "--out", tmp_path / "figs", "--resamples", "100") == 0
+    text = capsys.readouterr().out
+    assert "unbiased pass@k" in text and "Situation I" in text and "gap at matched J_1" in text
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == [
+        "alpha_k.png",
+        "gap_at_matched_j1.png",
+        "pass_at_k.png",
+        "summary.json",
+        "trend.png",
+    ]
+    assert json.loads((tmp_path / "figs" / "summary.json").read_text())["n_prompts"] == 24
+
+
+def test_diagnose_real_rewards_and_threshold(tmp_path, capsys):
+    frame = rollout_table()
+    frame["reward"] = frame["reward"] * 0.9 + np.random.default_rng(1).random(len(frame)) * 0.1
+    path = tmp_path / "r.csv"
+    frame.to_csv(path, index=False)
+    assert run_cli(path, "--format", "json", "--resamples", "50") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metric"] == "max@k" and out["situation_I_share"] is None and "steps" not in out
+    assert out["pass_at_k"]["2"] == pytest.approx(brute_curve(frame, ["step", "prompt_id"], 2))
+    assert run_cli(path, "--format", "json", "--threshold", "0.5", "--resamples", "50") == 0
+    out = json.loads(capsys.readouterr().out)
+    binary = frame.assign(reward=(frame.reward >= 0.5).astype(float))
+    assert out["metric"] == "pass@k" and "steps" in out
+    assert out["pass_at_k"]["4"] == pytest.approx(brute_curve(binary, ["step", "prompt_id"], 4))
+
+
+def test_bad_input_is_one_line_naming_file_column_and_row(tmp_path, capsys):
+    frame = rollout_table()
+    bad = frame.astype({"reward": object})
+    bad.loc[17, "reward"] = "abc"
+    cases = {
+        "bad.csv": (bad, "bad.csv: column 'reward', row 18: 'abc' is not a finite number"),
+        "missing.csv": (
+            frame.assign(reward=frame.reward.where(frame.index != 5)),
+            "missing.csv: column 'reward', row 6: missing",
+        ),
+        "noreward.csv": (frame.drop(columns="reward"), "noreward.csv: no reward column"),
+        "single.csv": (
+            frame.drop(index=frame.index[(frame.prompt_id == "p3") & (frame.step == 10)][1:]),
+            "single.csv: column 'prompt_id', row 91: prompt 'p3' has only 1 sample at step 10",
+        ),
+    }
+    for name, (table, message) in cases.items():
+        table.to_csv(tmp_path / name, index=False)
+        assert run_cli(tmp_path / name) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    (tmp_path / "r.csv").write_text("step,prompt_id,reward\n")
+    for argv, message in [
+        ((tmp_path / "nothing.csv",), "no such file or folder"),
+        ((tmp_path / "r.csv",), "r.csv: no rows"),
+        ((tmp_path / "bad.csv", "--reward", "score"), "no column 'score' for the reward"),
+        ((tmp_path / "bad.csv", "--out", tmp_path / "bad.csv"), "--out"),
+        ((tmp_path / "bad.csv", "--k", "two"), "--k must list integers"),
+    ]:
+        assert run_cli(*argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_progress_bar_on_large_files(tmp_path, capsys, monkeypatch):
+    from companion.integrations import diagnose
+
+    path = tmp_path / "r.csv"
+    rollout_table().to_csv(path, index=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(diagnose, "PROGRESS_BYTES", 1)  # every file counts as large
+    assert run_cli(path, "--format", "json", "--resamples", "10") == 0
+    assert "r.csv" in capsys.readouterr().err
+    assert run_cli(path, "--format", "json", "--resamples", "10", "--quiet") == 0
+    assert capsys.readouterr().err == ""

@@ -60,6 +60,7 @@ from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo import core_algos
 
 from .. import objectives
+from .diagnose import final_outputs
 from .diagnostics import default_ks, diagnose, group_codes, size_buckets
 
 __all__ = [
@@ -278,18 +279,6 @@ def validation_metrics(
     return out
 
 
-def _final_sessions(keys: list[str]) -> np.ndarray:
-    """Rows that are the last output of their session (keys `{uid}_{session}_{index}`)."""
-    import pandas as pd
-
-    parts = pd.Series(keys, dtype=object).str.rsplit("_", n=2, expand=True)
-    if parts.shape[1] < 3 or parts.isna().any().any():
-        return np.ones(len(keys), dtype=bool)
-    index = parts[2].astype(np.int64)
-    last = index.groupby([parts[0], parts[1]]).transform("max")
-    return (index == last).to_numpy()
-
-
 class PassKMetrics:
     """Mixin over a verl v1 PPOTrainer: the diagnostic in the training and validation metrics."""
 
@@ -300,7 +289,7 @@ class PassKMetrics:
         data = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores"]
         )
-        keep = _final_sessions(list(batch.keys))
+        keep = final_outputs(list(batch.keys))
         if batch.tags:
             keep = keep & np.array([not t.get("is_padding", False) for t in batch.tags])
         scores = data["rm_scores"]

@@ -1,0 +1,191 @@
+"""PassKGRPOTrainer: TRL's own GRPOTrainer loop, 2 steps on the CPU, on a GPT-2 of 2 layers built
+from a config with a word-level tokenizer built in memory (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from integration_support import require
+
+trl = require("trl", "trl")
+
+from datasets import Dataset  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import (  # noqa: E402
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+)
+from transformers import logging as hf_logging  # noqa: E402
+from transformers.trainer_callback import PrinterCallback  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+from companion import objectives  # noqa: E402
+from companion.integrations import diagnostics  # noqa: E402
+from companion.integrations.trl import PassKGRPOTrainer  # noqa: E402
+
+WORDS = ["a", "b", "c", "d", "e", "f", "SEP", "EOS", "PAD"]
+N, PROMPTS = 8, 2  # generations per prompt, prompts per step
+
+
+def tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="PAD"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="EOS", pad_token="PAD", unk_token="PAD"
+    )
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(WORDS),
+            n_positions=32,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=WORDS.index("SEP"),
+            eos_token_id=WORDS.index("EOS"),
+            pad_token_id=WORDS.index("PAD"),
+        )
+    )
+
+
+def contains_b(completions, **_):
+    """A 0/1 verifier: the completion contains the word b."""
+    return [1.0 if "b" in c.split() else 0.0 for c in completions]
+
+
+class Logs(TrainerCallback):
+    def __init__(self):
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+class Recording(PassKGRPOTrainer):
+    """Keeps, per generation batch, TRL's gathered rewards and the advantages that go on to
+    the loss (this subclass only reads them)."""
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        self.seen.append((self._gathered_rewards.clone(), out["advantages"].clone()))
+        return out
+
+
+def config(tmp_path, **extra) -> GRPOConfig:
+    return GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=N * PROMPTS,
+        num_generations=N,
+        max_completion_length=4,
+        max_steps=2,
+        learning_rate=1e-3,
+        beta=0.0,
+        temperature=1.0,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        bf16=False,
+        disable_tqdm=True,
+        **extra,
+    )
+
+
+def dataset() -> Dataset:
+    return Dataset.from_dict({"prompt": ["a c SEP", "d e SEP", "f a SEP", "c d SEP"] * 2})
+
+
+def train(cls, tmp_path, **kwargs):
+    hf_logging.set_verbosity_error()
+    logs = Logs()
+    extra = kwargs.pop("config", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = cls(
+            model=tiny_gpt2(),
+            reward_funcs=contains_b,
+            args=config(tmp_path, **extra),
+            train_dataset=dataset(),
+            processing_class=tokenizer(),
+            callbacks=[logs],
+            **kwargs,
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.seen = []
+        trainer.train()
+    return trainer, logs.logs
+
+
+def test_two_steps_with_pkpo_loo_use_the_registrys_advantages_and_log_pass_at_k(tmp_path):
+    trainer, logs = train(
+        Recording, tmp_path, objective="pkpo_loo", k=8, config={"log_completions": True}
+    )
+    assert len(trainer.seen) == 2  # one generation batch per step
+    step_logs = [log for log in logs if "passk/pass@8" in log]
+    assert len(step_logs) == 2
+    for (rewards_per_func, advantages), log in zip(trainer.seen, step_logs, strict=True):
+        rewards = rewards_per_func.sum(1).double()
+        table = rewards.view(-1, N)
+        want = N * objectives.get("pkpo_loo").weights(table, 8).reshape(-1)
+        torch.testing.assert_close(advantages.double(), want, rtol=1e-6, atol=1e-7)
+        groups = np.repeat(np.arange(PROMPTS), N)
+        expected = diagnostics.diagnose(groups, rewards.numpy(), [1, 2, 4, 8]).metrics("passk/")
+        assert {key: log[key] for key in expected} == pytest.approx(expected)
+    mixed = [
+        bool(((t := r.sum(1).view(-1, N)).min(1).values < t.max(1).values).any())
+        for r, _ in trainer.seen
+    ]
+    assert any(mixed), "no group with both outcomes: the check above compared only zeros"
+    # the completions log TRL writes shows these advantages (not TRL's own)
+    table = pd.read_parquet(tmp_path / "completions" / "completions_00002.parquet")
+    np.testing.assert_allclose(table["advantage"], trainer.seen[-1][1].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(table["contains_b"], trainer.seen[-1][0][:, 0].numpy())
+
+
+def test_grpo_through_the_subclass_is_trls_own_grpo(tmp_path):
+    """The scaling convention: n x the registry's grpo weights are TRL's advantages
+    (scale_rewards='group'), step for step from the same seed."""
+    ours, _ = train(Recording, tmp_path / "ours", objective="grpo", k=1)
+
+    class Plain(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            self.seen.append(out["advantages"].clone())
+            return out
+
+    theirs, _ = train(Plain, tmp_path / "theirs")
+    assert len(theirs.seen) == len(ours.seen) == 2
+    for (_, mine), other in zip(ours.seen, theirs.seen, strict=True):
+        torch.testing.assert_close(mine, other, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"objective": "unlikeliness", "k": 2}, "needs per-rollout log-probabilities"),
+        ({"objective": "swor_ordered", "k": 2}, "needs per-rollout log-probabilities"),
+        ({"objective": "pkpo_loo", "k": 16}, "num_generations = 8 is below k = 16"),
+        ({"objective": "pkpo_loo", "k": 0}, "k must be an integer >= 1"),
+    ],
+)
+def test_refusals_are_one_line(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message) as err:
+        PassKGRPOTrainer(
+            model=tiny_gpt2(),
+            reward_funcs=contains_b,
+            args=config(tmp_path),
+            train_dataset=dataset(),
+            processing_class=tokenizer(),
+            **kwargs,
+        )
+    assert "\n" not in str(err.value)
