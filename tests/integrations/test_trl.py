@@ -3,6 +3,8 @@ from a config with a word-level tokenizer built in memory (nothing is downloaded
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
 
 import numpy as np
@@ -102,7 +104,9 @@ def config(tmp_path, **extra) -> GRPOConfig:
 
 
 def dataset() -> Dataset:
-    return Dataset.from_dict({"prompt": ["a c SEP", "d e SEP", "f a SEP", "c d SEP"] * 2})
+    """Eight distinct prompts, so that a prompt's text names its group within a step."""
+    prompts = ["a c", "d e", "f a", "c d", "e f", "a d", "c f", "e a"]
+    return Dataset.from_dict({"prompt": [f"{p} SEP" for p in prompts]})
 
 
 def train(cls, tmp_path, **kwargs):
@@ -126,10 +130,18 @@ def train(cls, tmp_path, **kwargs):
     return trainer, logs.logs
 
 
-def test_two_steps_with_pkpo_loo_use_the_registrys_advantages_and_log_pass_at_k(tmp_path):
+@pytest.fixture(scope="module")
+def pkpo_run(tmp_path_factory):
+    """2 steps of PassKGRPOTrainer with pkpo_loo at k = 8, TRL writing its completions log."""
+    out = tmp_path_factory.mktemp("pkpo_loo")
     trainer, logs = train(
-        Recording, tmp_path, objective="pkpo_loo", k=8, config={"log_completions": True}
+        Recording, out, objective="pkpo_loo", k=8, config={"log_completions": True}
     )
+    return trainer, logs, out
+
+
+def test_two_steps_with_pkpo_loo_use_the_registrys_advantages_and_log_pass_at_k(pkpo_run):
+    trainer, logs, tmp_path = pkpo_run
     assert len(trainer.seen) == 2  # one generation batch per step
     step_logs = [log for log in logs if "passk/pass@8" in log]
     assert len(step_logs) == 2
@@ -189,3 +201,26 @@ def test_refusals_are_one_line(tmp_path, kwargs, message):
             **kwargs,
         )
     assert "\n" not in str(err.value)
+
+
+def test_companion_diagnose_reads_the_completions_log_trl_wrote(pkpo_run, capsys):
+    """The parquet files TRL wrote, read back: the groups (a prompt's text within a step) are
+    TRL's groups of N consecutive completions, and the curve is the brute-force one on the
+    rewards TRL gathered."""
+    from companion import cli
+
+    trainer, _, out = pkpo_run
+    names = sorted(p.name for p in (out / "completions").glob("*.parquet"))
+    assert names == ["completions_00001.parquet", "completions_00002.parquet"]
+    assert cli.main(["diagnose", str(out), "--format", "json", "--resamples", "200"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["input"]["format"] == "trl" and got["input"]["files"] == 2
+    assert got["input"]["columns"]["reward"] == "contains_b"
+    groups = [g for rewards, _ in trainer.seen for g in rewards[:, 0].view(-1, N).tolist()]
+    assert got["n_prompts"] == len(groups) == 2 * PROMPTS
+    for k in (1, 2, 4, 8):
+        want = np.mean([1 - math.comb(N - int(sum(g)), k) / math.comb(N, k) for g in groups])
+        assert got["pass_at_k"][str(k)] == pytest.approx(want, abs=1e-12)
+    assert got["steps"]["steps"] == [1, 2] and got["steps"]["k"] == 8
+    assert cli.main(["diagnose", str(out / "completions"), "--resamples", "50"]) == 0
+    assert "pass@k" in capsys.readouterr().out

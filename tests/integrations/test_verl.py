@@ -5,6 +5,8 @@ trainer's `_compute_advantage` over its TransferQueue and its validation metrics
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import math
 import os
 import sys
 
@@ -305,3 +307,54 @@ def test_validation_metrics_the_issue_example():
     assert out["val-aux/gsm8k/companion/pass@4"] == 0.5
     assert out["val-aux/gsm8k/companion/pass@2"] == 0.25
     assert out["val-aux/gsm8k/companion/situation_I_share"] == 0.0
+
+
+def test_companion_diagnose_reads_the_validation_dump_verl_wrote(tmp_path, capsys):
+    """Dumps written by verl's own writer (`PPOTrainer._write_generations`, with the arguments
+    `_validate` passes: per output its decoded input and output, the session's score, and
+    `reward_extra_infos_dict | {"uid": keys}`), at two steps; one session has two outputs
+    (an agent loop's), which share the session's score and count once."""
+    import uuid
+
+    from verl.trainer.ppo.v1 import PPOTrainerSync
+
+    from companion import cli
+
+    steps = {10: [[1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]], 20: [[1, 1, 1, 0], [0, 1]]}
+    for step, groups in steps.items():
+        keys, inputs, outputs, scores = [], [], [], []
+        for g, rewards in enumerate(groups):
+            uid = str(uuid.UUID(int=1000 * step + g))
+            for session, r in enumerate(rewards):
+                for index in (0, 1) if (g, session) == (0, 0) else (0,):
+                    keys.append(f"{uid}_{session}_{index}")
+                    inputs.append(f"question {g}?")
+                    outputs.append(f"answer {session}.{index}")
+                    scores.append(float(r))
+        PPOTrainerSync._write_generations(
+            inputs=inputs,
+            outputs=outputs,
+            gts=[None] * len(keys),
+            scores=scores,
+            reward_extra_infos_dict={"reward": scores} | {"uid": keys},
+            dump_path=str(tmp_path / "val"),
+            global_steps=step,
+        )
+    assert sorted(p.name for p in (tmp_path / "val").iterdir()) == ["10.jsonl", "20.jsonl"]
+    assert capsys.readouterr().out.count("Dumped generations to") == 2  # verl's writer ran
+    assert cli.main(["diagnose", str(tmp_path / "val"), "--format", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["input"]["format"] == "verl" and got["input"]["files"] == 2
+    assert (
+        got["input"]["columns"]["prompt"] == "uid" and got["input"]["columns"]["reward"] == "score"
+    )
+    groups = [g for gs in steps.values() for g in gs]
+    assert got["n_prompts"] == 5 and got["n_rollouts"] == sum(map(len, groups))
+    for k in (1, 2, 4, 8):
+        per = [
+            1 - math.comb(len(g) - sum(g), k) / math.comb(len(g), k) for g in groups if len(g) >= k
+        ]
+        assert got["pass_at_k"][str(k)] == pytest.approx(np.mean(per), abs=1e-12)
+    assert got["pass_at_k"]["8"] == 1.0  # the issue's example: where verl's best@8 is 0.651
+    assert got["situation_I_share"] == pytest.approx(1 / 5)
+    assert got["steps"]["steps"] == [10, 20] and got["steps"]["k"] == 2
