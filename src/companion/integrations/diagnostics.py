@@ -18,7 +18,7 @@ Per group g, with n_g rollouts of which c_g are correct (0/1 rewards):
 
 Real-valued rewards (not all 0/1, and no `threshold`): the curve is max@k, the mean over the
 C(n_g, k) k-subsets of their maximum reward, (1/C(n_g, k)) sum_{i>=k} C(i-1, k-1) g_(i) over the
-ascending sort (Walder & Karkhanis 2025; `objectives.passk_family.max_at_k_estimate`), unbiased
+ascending sort (Walder & Karkhanis 2025; the coefficients of `objectives.passk_family`), unbiased
 for E[max of k rewards]; J_1 is the group's mean reward. Theorem 3.1 stops there (max@k is not a
 function of E[r]), so alpha_k, Situation I and the all-right share are not defined (None) unless
 a `threshold` makes the rewards 0/1 (correct = reward >= threshold).
@@ -38,9 +38,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ..objectives.passk_family import max_at_k_estimate
+from ..objectives.passk_family import subset_coefficients
 from ..passk import alpha_k, pass_at_k_unbiased
 
 __all__ = [
@@ -347,16 +346,17 @@ def size_buckets(
 
 
 def _max_at_k(codes: np.ndarray, rewards: np.ndarray, sizes: np.ndarray, ks: np.ndarray):
-    """max@k per group (G, K) for real rewards, one dense matrix per group size."""
+    """max@k per group (G, K) for real rewards: per group size s, one ascending sort of the
+    (m_s, s) matrix and one product with the columns top_k(i) = C(i-1, k-1) / C(s, k) of
+    `subset_coefficients(s, k)`, i.e. `max_at_k_estimate` for every k at once."""
     out = np.full((sizes.size, ks.size), np.nan)
     for size, rollouts, row, col in size_buckets(codes, sizes):
         table = np.empty((int(row.max()) + 1, size))
         table[row, col] = rewards[rollouts]
-        members = np.flatnonzero(sizes == size)
-        tensor = torch.from_numpy(table)
-        for j, k in enumerate(ks.tolist()):
-            if k <= size:
-                out[members, j] = max_at_k_estimate(tensor, k).numpy()
+        table.sort(axis=1)
+        usable = [j for j, k in enumerate(ks.tolist()) if k <= size]
+        top = np.stack([subset_coefficients(size, int(ks[j]))[0].numpy() for j in usable], 1)
+        out[np.ix_(sizes == size, usable)] = table @ top
     return out
 
 
@@ -401,20 +401,17 @@ def diagnose(
         values = (values >= threshold).astype(np.float64)
     binary = bool(np.all((values == 0) | (values == 1)))
     j1 = _group_mean(codes, values, groups)
-    order = np.argsort(codes, kind="stable")
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    sorted_values = values[order]
-    zero_var = np.minimum.reduceat(sorted_values, starts) == np.maximum.reduceat(
-        sorted_values, starts
-    )
     correct = alpha = distinct = None
     too_big = ks_arr[None, :] > sizes[:, None]
     if binary:
         correct = np.bincount(codes, weights=values, minlength=groups).round().astype(np.int64)
-        k_eff = np.minimum(ks_arr[None, :], sizes[:, None])
-        per_group = np.asarray(pass_at_k_unbiased(sizes[:, None], correct[:, None], k_eff))
-        per_group = np.where(too_big, np.nan, per_group)
-        alpha = np.asarray(alpha_k(np.clip(j1, 0.0, 1.0)[:, None], ks_arr[None, :]), dtype=float)
+        # pass@k and alpha_k depend on (n_g, c_g) alone: compute them once per distinct pair
+        pairs, inverse = np.unique(sizes * (int(sizes.max()) + 1) + correct, return_inverse=True)
+        n_u, c_u = pairs // (int(sizes.max()) + 1), pairs % (int(sizes.max()) + 1)
+        k_eff = np.minimum(ks_arr[None, :], n_u[:, None])
+        per_pair = np.asarray(pass_at_k_unbiased(n_u[:, None], c_u[:, None], k_eff))
+        per_group = np.where(too_big, np.nan, per_pair[inverse])
+        alpha = np.asarray(alpha_k((c_u / n_u)[:, None], ks_arr[None, :]), dtype=float)[inverse]
         if answers is not None:
             answer_codes, answer_labels = group_codes(answers, "answers")
             if answer_codes.size != codes.size:
@@ -422,8 +419,13 @@ def diagnose(
             hit = values > 0
             pairs = np.unique(codes[hit] * max(1, answer_labels.size) + answer_codes[hit])
             distinct = np.bincount(pairs // max(1, answer_labels.size), minlength=groups)
+        zero_var = (correct == 0) | (correct == sizes)
     else:
         per_group = _max_at_k(codes, values, sizes, ks_arr)
+        order = np.argsort(codes, kind="stable")
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        low = np.minimum.reduceat(values[order], starts)
+        zero_var = low == np.maximum.reduceat(values[order], starts)
     return Diagnostics(
         groups=labels,
         n=sizes,
