@@ -83,7 +83,7 @@ class Recording(PassKGRPOTrainer):
 
 
 def config(tmp_path, **extra) -> GRPOConfig:
-    return GRPOConfig(
+    settings = dict(
         output_dir=str(tmp_path),
         per_device_train_batch_size=N * PROMPTS,
         num_generations=N,
@@ -99,8 +99,8 @@ def config(tmp_path, **extra) -> GRPOConfig:
         seed=0,
         bf16=False,
         disable_tqdm=True,
-        **extra,
     )
+    return GRPOConfig(**(settings | extra))
 
 
 def dataset() -> Dataset:
@@ -224,3 +224,53 @@ def test_companion_diagnose_reads_the_completions_log_trl_wrote(pkpo_run, capsys
     assert got["steps"]["steps"] == [1, 2] and got["steps"]["k"] == 8
     assert cli.main(["diagnose", str(out / "completions"), "--resamples", "50"]) == 0
     assert "pass@k" in capsys.readouterr().out
+
+
+def test_two_processes_gather_and_slice_as_trl_does(tmp_path):
+    """torchrun, 2 CPU processes (gloo), 12 completions each: 24 per step, 3 groups of 8, the
+    second split between the processes. Each process sees TRL's gathered rewards; the two local
+    slices of advantages, end to end, are n x the registry's weights of the global groups; and
+    both log the same diagnostic, that of all 24 rewards."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    here = Path(__file__).resolve().parent
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={port}",
+            str(here / "trl_two_processes.py"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(here), "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 2
+    for step in range(2):
+        (rewards0, local0), (rewards1, local1) = ranks[0]["seen"][step], ranks[1]["seen"][step]
+        assert rewards0 == rewards1 and len(rewards0) == 24 and len(local0) == len(local1) == 12
+        table = torch.tensor(rewards0, dtype=torch.float64).view(-1, N)
+        want = N * objectives.get("pkpo_loo").weights(table, 4).reshape(-1)
+        got = torch.tensor(local0 + local1, dtype=torch.float64)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        groups = np.repeat(np.arange(3), N)
+        expected = diagnostics.diagnose(groups, table.reshape(-1).numpy(), [1, 2, 4, 8])
+        for r in ranks:
+            log = r["logs"][step]
+            assert {k: log[k] for k in expected.metrics("passk/")} == pytest.approx(
+                expected.metrics("passk/")
+            )

@@ -458,9 +458,9 @@ def text(result: dict[str, Any]) -> str:
             )
         m = st["matched_j1"]
         lines.append(
-            f"gap at matched J_1 (mean per-prompt pass@{k} - pass@1 in bins of the prompt's J_1, "
-            "0 < J_1 < 1): flat rows mean the fall of the gap is J_1 rising (Theorem 3.2)"
+            f"gap at matched J_1: mean per-prompt pass@{k} - pass@1 in bins of the prompt's J_1"
         )
+        lines.append("  (0 < J_1 < 1); flat rows: the fall of the gap is J_1 rising (Theorem 3.2)")
         lines.append("  " + f"{'J_1 bin':>12}" + "".join(f"{s_!s:>9}" for s_ in st["steps"]))
         for b in range(len(m["bins"]) - 1):
             label = f"[{m['bins'][b]:.1f}, {m['bins'][b + 1]:.1f})"
