@@ -91,3 +91,22 @@ lab: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build
+
+# The trainer integrations (verl plugin, TRL trainer, diagnose on their logs) in their own venv:
+# verl pins transformers below 5.11, so neither verl nor TRL enters .venv. torch first, from the
+# local CPU wheel (an unpinned torch would pull a CUDA build); then the extras [verl,trl] under
+# the pins of constraints.txt, all but packaging (verl's pyvers needs packaging < 26).
+IVENV  := .venv-integrations
+ISTAMP := $(IVENV)/.deps-installed
+.PHONY: test-integrations
+$(ISTAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(IVENV)/bin/python || $(PYTHON) -m venv $(IVENV)
+	sed '/^packaging==/d' constraints.txt > $(IVENV)/constraints.txt
+	$(IVENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(IVENV)/bin/python -m pip install -q --disable-pip-version-check \
+	  -c $(IVENV)/constraints.txt -e '.[verl,trl]' $$(grep -E '^(pytest|hypothesis)==' requirements.txt)
+	touch $@
+
+test-integrations: $(ISTAMP)
+	COMPANION_REQUIRE_INTEGRATIONS=1 COMPANION_RESULTS=build/test-results-integrations \
+	  MPLBACKEND=Agg $(IVENV)/bin/python -m pytest -q -rs tests/integrations

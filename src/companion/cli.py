@@ -108,6 +108,10 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
         "--max-trials", type=_positive_int, default=None, help="allow grids of more trials"
     )
 
+    from companion.integrations.diagnose import add_arguments as diagnose_arguments
+
+    diagnose_arguments(sub.add_parser("diagnose", help="pass@k diagnostic of a log of rollouts"))
+
     _light_parsers(sub)
     return ap
 
@@ -258,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "diagnose":
+            from companion.integrations.diagnose import main as diagnose
+
+            return diagnose(args)
         if args.command in ("reproduce", "execute"):
             return _notebooks(args)
         if args.command == "compare-claims":
