@@ -85,8 +85,8 @@ def test_full_profiles_use_at_least_five_seeds_where_seeds_exist(stem):
         ("02", {"seeds": [0, 1]}, "seeds must hold at least 3 entries"),
         ("03", {"context_answers": 0}, "context_answers must be >= 2"),
         ("03", {"lr": float("inf")}, "lr must be finite"),
-        ("04", {"match_j1": float("inf")}, "match_j1 must be finite"),
-        ("04", {"grid_file": 3}, "grid_file must be a string"),
+        ("04", {"final_samples": 1}, "final_samples must be >= 2"),
+        ("04", {"preregistration": 3}, "preregistration must be a string"),
         ("07", {"profile": "tpu"}, "profile must be one of"),
     ],
 )

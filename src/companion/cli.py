@@ -54,6 +54,9 @@ def _light_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--profile", default="ci")
     r.add_argument("--nb", default="", help='notebook prefixes, e.g. "01 04" (default: all)')
     r.add_argument("--results", default="results")
+    r.add_argument(
+        "--store", default=None, help="keep one notebook's run as evidence in this folder"
+    )
     e = sub.add_parser("execute", help="regenerate the stored notebook outputs (make execute)")
     e.add_argument("--nb", default="", help="notebook prefixes (default: all)")
     rep = sub.add_parser("report", help="build REPORT.md from results/claims/ and print it")
@@ -211,7 +214,7 @@ def _notebooks(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "reproduce":
-            print(reproduce(args.profile, args.nb, args.results).read_text())
+            print(reproduce(args.profile, args.nb, args.results, args.store).read_text())
         else:
             execute(args.nb)
     except Exception as err:  # papermill is imported lazily, so match its error by name

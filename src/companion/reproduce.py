@@ -30,7 +30,7 @@ from companion import profiles
 from companion.files import remove_stale_temporaries, writable_dir
 from companion.repro import notebooks_dir
 
-__all__ = ["select", "reproduce", "execute"]
+__all__ = ["select", "reproduce", "execute", "store_evidence"]
 
 KERNEL = "companion"
 STRIP_KEYS = "metadata.papermill cell.metadata.papermill cell.metadata.execution"
@@ -116,15 +116,24 @@ def _params(profile: str, stem: str, root: Path) -> dict:
     return data
 
 
-def reproduce(profile: str, prefixes: str | None, results: str | os.PathLike) -> Path:
+def reproduce(
+    profile: str,
+    prefixes: str | None,
+    results: str | os.PathLike,
+    store: str | os.PathLike | None = None,
+) -> Path:
     """Run the selected notebooks at `profile` into `results` (see the module docstring), then
-    write results/REPORT.md and return its path."""
+    write results/REPORT.md and return its path. With `store`, one notebook's run is also kept as
+    evidence there (:func:`store_evidence`)."""
     if profile not in profiles.PROFILES:
         raise ValueError(f"unknown PROFILE {profile!r}; use one of {', '.join(profiles.PROFILES)}")
     notebooks = select(prefixes)
+    if store is not None and len(notebooks) != 1:
+        raise ValueError("--store keeps the evidence of one notebook: name one with --nb")
     root = notebooks[0].parent.parent
     results = writable_dir(results, "RESULTS").absolute()
     remove_stale_temporaries(results)
+    started = time.perf_counter()
     for nb in notebooks:
         print(f"== {nb.stem} (profile {profile})", flush=True)
         t0 = time.perf_counter()
@@ -139,7 +148,79 @@ def reproduce(profile: str, prefixes: str | None, results: str | os.PathLike) ->
         print(f"   done in {time.perf_counter() - t0:.0f} s", flush=True)
     from companion.evidence.report import build
 
+    if store is not None:
+        command = (
+            f"python -m companion reproduce --profile {profile} --nb {prefixes} --store {store}"
+        )
+        store_evidence(results, Path(store), notebooks[0], command, time.perf_counter() - started)
     return build(results)
+
+
+def _commit(root: Path) -> str:
+    """The checkout's commit, "+ local changes" when the tree differs from it ("unknown" when
+    git cannot tell)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + local changes" if dirty else "")
+
+
+def store_evidence(results: Path, dest: Path, notebook: Path, command: str, wall_s: float) -> Path:
+    """Keep a finished run of `notebook` in `dest` (evidence of a deciding run, committed with
+    the repository): the executed notebook, its claims file, its tables (gzip-compressed CSV),
+    its figures, and RUN.md with the command, the commit, the wall time and the machine. Files
+    are written atomically; `dest` is replaced as a whole only once everything is copied."""
+    import gzip
+    import platform
+    import shutil
+
+    stem = notebook.stem
+    prefix = stem.split("_")[0]
+    staging = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None,
+                                    prefix=f".{dest.name}.{os.getpid()}."))  # fmt: skip
+    try:
+        shutil.copyfile(results / "notebooks" / notebook.name, staging / notebook.name)
+        shutil.copyfile(results / "claims" / f"{stem}.csv", staging / "claims.csv")
+        (staging / "tables").mkdir()
+        for table in sorted((results / "tables").glob(f"{prefix}_*.csv")):
+            with table.open("rb") as src, (staging / "tables" / f"{table.name}.gz").open("wb") as f:
+                with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as out:  # reproducible bytes
+                    shutil.copyfileobj(src, out)
+        (staging / "figures").mkdir()
+        for figure in sorted((results / "figures").glob(f"{prefix}_*.png")):
+            shutil.copyfile(figure, staging / "figures" / figure.name)
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.machine(),
+        ) if Path("/proc/cpuinfo").is_file() else platform.machine()  # fmt: skip
+        (staging / "RUN.md").write_text(
+            f"# Evidence: {stem}\n\n"
+            f"- command: `{command}`\n"
+            f"- commit: {_commit(notebook.parent.parent)}\n"
+            f"- wall time: {wall_s / 60:.1f} min\n"
+            f"- machine: {os.cpu_count()} CPU cores ({cpu}), {platform.platform()}\n"
+            f"- files: the executed notebook, claims.csv (its verdicts), tables/ (what they were "
+            f"decided from), figures/\n",
+            encoding="utf-8",
+        )
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
 
 
 def _strip(path: Path) -> None:

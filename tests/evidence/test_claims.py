@@ -196,3 +196,13 @@ def test_record_in_a_kernel_names_the_cell_that_recorded(tmp_path):
     ran = nbformat.read(path, as_version=4)
     (row,) = claims.read_all(tmp_path)
     assert row.cell == str(ran.cells[1].execution_count) == "2"
+
+
+def test_a_claims_file_of_an_older_format_is_replaced_not_fatal(tmp_path, capsys):
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    (folder / "nb.csv").write_text("id,claim\nold,row\n")  # an earlier version's columns
+    row = claims.Claim("x", "c", "p", "nb", "identity", "m", "holds")
+    claims.record([row], tmp_path)
+    assert [c.id for c in claims.read(folder / "nb.csv")] == ["x"]
+    assert "replacing" in capsys.readouterr().err

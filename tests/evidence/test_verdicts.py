@@ -216,3 +216,15 @@ def test_family_equivalence_holds_fails_or_stays_inconclusive():
     assert got == ["holds", "fails", "inconclusive"]
     with pytest.raises(ValueError, match="margin"):
         v.Hypothesis("x", 0.0, np.zeros(200), "equivalent")
+
+
+def test_an_untested_decision_says_so():
+    nan = math.nan
+    d = v.Decision("inconclusive", "empirical", "x: 1 of 9 runs reach it", nan, nan, nan, 0.0,
+                   "greater", 9, "the pre-registered rule")  # fmt: skip
+    assert d.interval == "not tested"
+    assert (
+        d.describe()
+        == "x: 1 of 9 runs reach it: not tested (the pre-registered rule) -> inconclusive"
+    )
+    assert not d.fragile

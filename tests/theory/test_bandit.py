@@ -50,10 +50,11 @@ VARIANTS = [
     bandit.Variant("rs4/binary", "risk_seeking", 1, "binary", {"beta": 4.0}),
     bandit.Variant("dr/real", "dr_grpo", 1, "real"),
     bandit.Variant("pkpo_loo4/binary", "pkpo_loo", 4, "binary"),
+    bandit.Variant("pkpo_loo4/noisy", "pkpo_loo", 4, "noisy"),
 ]
 
 
-def reference(variants, seeds, steps, n, lr, arms=12):
+def reference(variants, seeds, steps, n, lr, arms=12, noise_sd=0.5):
     """The trainer's update, one row at a time, consuming each seed's stream in the same way."""
     means = bandit.arm_means(arms).clamp_max(1.0) * 0.9 + 0.05
     z0 = bandit.initial_logits(arms)
@@ -62,12 +63,17 @@ def reference(variants, seeds, steps, n, lr, arms=12):
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     for _ in range(steps):
         draws = [torch.rand(2, len(variants), n, generator=g, dtype=torch.float64) for g in gens]
+        noise = [torch.randn(len(variants), n, generator=g, dtype=torch.float64) for g in gens]
         for s in range(len(seeds)):
             for j, v in enumerate(variants):
                 pi = torch.softmax(z[s, j], -1)
                 arm = torch.searchsorted(torch.cumsum(pi, -1), draws[s][0, j], right=True)
                 arm = arm.clamp_max(arms - 1)
-                r = means[arm] if v.reward == "real" else (draws[s][1, j] < means[arm]).double()
+                r = {
+                    "real": means[arm],
+                    "noisy": means[arm] + noise_sd * noise[s][j],
+                    "binary": (draws[s][1, j] < means[arm]).double(),
+                }[v.reward]
                 w = objectives.get(v.objective, **v.params).weights(r[None], v.k)[0]
                 grad = torch.zeros(arms, dtype=torch.float64).index_add_(0, arm, w) - w.sum() * pi
                 z[s, j] = z[s, j] + lr * grad
@@ -121,3 +127,26 @@ def test_variant_validation():
         bandit.train([VARIANTS[0], VARIANTS[0]], [0], steps=2)
     with pytest.raises(ValueError, match="arms"):
         bandit.arm_means(1)
+
+
+def test_noisy_reward_with_no_noise_is_the_real_reward():
+    real = [bandit.Variant("v", "pkpo_loo", 4, "real")]
+    noisy = [bandit.Variant("v", "pkpo_loo", 4, "noisy")]
+    kw = {"steps": 30, "n": 8, "lr": 0.2, "record_every": 10}
+    a = bandit.train(real, [0, 1], **kw).logits
+    assert torch.equal(a, bandit.train(noisy, [0, 1], noise_sd=0.0, **kw).logits)
+    assert not torch.equal(a, bandit.train(noisy, [0, 1], noise_sd=0.5, **kw).logits)
+    with pytest.raises(ValueError, match="noise_sd"):
+        bandit.train(noisy, [0], steps=1, noise_sd=float("nan"))
+
+
+def test_expected_flow_of_max_at_1_is_the_flow_of_the_expected_reward():
+    history, final = bandit.expected_flow([1, 4], steps=50, lr=0.5, record_every=25)
+    torch.testing.assert_close(final["max@1"], final["E[r]"], rtol=0, atol=1e-12)
+    assert not torch.allclose(final["max@4"], final["E[r]"])
+    assert set(history.flow) == {"E[r]", "max@1", "max@4"} and set(history.step) == {0, 25, 50}
+    start = bandit.initial_logits()
+    assert float(bandit.moved(start, start, bandit.GLOBAL)) == 0.0
+    # the windows start with 0.09 and 0.63 of the mass: both cannot gain more than 1/4
+    share = torch.softmax(start, -1)
+    assert float(share[30:51].sum()) + float(share[65:86].sum()) + 0.5 > 1.0

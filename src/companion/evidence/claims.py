@@ -30,6 +30,7 @@ import csv
 import dataclasses
 import io
 import re
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -191,7 +192,12 @@ def record(claims: list[Claim], results: Path | None = None) -> list[Path]:
             path = folder / f"{notebook}.csv"
             new = [c for c in claims if c.notebook == notebook]
             ids = {c.id for c in new}
-            _write(path, [c for c in read(path) if c.id not in ids] + new)
+            try:
+                kept = [c for c in read(path) if c.id not in ids]
+            except ValueError as err:  # a file of an older format, or damaged: this run replaces it
+                print(f"warning: replacing {path}: {err}", file=sys.stderr)
+                kept = []
+            _write(path, kept + new)
             written.append(path)
     return written
 

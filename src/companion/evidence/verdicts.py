@@ -121,6 +121,8 @@ class Decision:
         """The interval as text, "[low, high]" (4 significant digits), or "" for an exact check."""
         if self.kind != "empirical":
             return ""
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return "not tested"
         return f"[{self.low:.4g}, {self.high:.4g}]"
 
     @property
@@ -150,6 +152,8 @@ class Decision:
         side = ">" if self.direction == "greater" else "<"
         if self.method.startswith("equivalence"):
             side = "="
+        if self.kind == "empirical" and not math.isfinite(self.estimate):
+            return f"{self.statistic}: not tested ({self.method}) -> {self.verdict}"
         if self.kind != "empirical":
             if self.band is not None and self.verdict == "holds":  # a within() check
                 return f"{self.statistic} < {self.band:g} ({self.method}) -> {self.verdict}"
@@ -349,36 +353,51 @@ def paired_bootstrap(
 
 
 def nested_bootstrap(
-    groups: Sequence[np.ndarray], *, resamples: int = 10_000, seed: int = 0
+    groups: Sequence[np.ndarray | Sequence[np.ndarray]],
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
 ) -> tuple[float, np.ndarray]:
     """(grand mean, `resamples` bootstrap means) of values nested as graph > base > seed > prompt.
 
-    groups[g] is an array (bases, seeds, prompts) for graph g (graphs may have different numbers
-    of prompts). The grand mean averages prompts, then seeds, then bases, then graphs. Each
-    resample draws graphs with replacement; within each drawn graph its bases, within each base
-    its seeds, and the graph's prompts once (the runs of one graph are evaluated on the same
+    groups[g] holds graph g: an array (bases, seeds, prompts), or a list of per-base arrays
+    (seeds, prompts) when bases have different numbers of seeds (graphs may have different
+    numbers of prompts). The grand mean averages prompts, then seeds, then bases, then graphs.
+    Each resample draws graphs with replacement; within each drawn graph its bases, within each
+    base its seeds, and the graph's prompts once (the runs of one graph are evaluated on the same
     prompts, so they stay paired): a percentile bootstrap whose spread contains the variance of
     every level (the hierarchical bootstrap of Davison & Hinkley 1997, sec. 3.8)."""
     if resamples < 100:
         raise ValueError(f"resamples must be >= 100, got {resamples}")
-    arrays = [np.asarray(g, dtype=float) for g in groups]
-    if not arrays or any(g.ndim != 3 or 0 in g.shape for g in arrays):
-        raise ValueError("groups must be non-empty (bases, seeds, prompts) arrays")
-    if not all(np.all(np.isfinite(g)) for g in arrays):
-        raise ValueError("nested_bootstrap needs finite values")
+    graphs: list[list[np.ndarray]] = []
+    for g in groups:
+        bases = list(g) if not isinstance(g, np.ndarray) or g.ndim == 3 else [g]
+        arrays = [np.asarray(b, dtype=float) for b in bases]
+        if not arrays or any(b.ndim != 2 or 0 in b.shape for b in arrays):
+            raise ValueError("each graph needs bases of (seeds, prompts) values")
+        if len({b.shape[1] for b in arrays}) != 1:
+            raise ValueError("the bases of one graph must share its prompts")
+        if not all(np.all(np.isfinite(b)) for b in arrays):
+            raise ValueError("nested_bootstrap needs finite values")
+        graphs.append(arrays)
+    if not graphs:
+        raise ValueError("nested_bootstrap needs at least one graph")
     rng = np.random.default_rng(seed)
-    estimate = float(np.mean([g.mean() for g in arrays]))
+    estimate = float(np.mean([np.mean([b.mean() for b in g]) for g in graphs]))
     draws = np.empty(resamples)
-    n_graphs = len(arrays)
+    n_graphs = len(graphs)
     for r in range(resamples):
         total = 0.0
         for gi in rng.integers(0, n_graphs, size=n_graphs):
-            g = arrays[gi]
-            bases, seeds_, prompts = g.shape
-            per_run = g[:, :, rng.integers(0, prompts, size=prompts)].mean(-1)  # (bases, seeds)
-            b = rng.integers(0, bases, size=bases)
-            s = rng.integers(0, seeds_, size=(bases, seeds_))
-            total += per_run[b[:, None], s].mean()
+            bases = graphs[gi]
+            prompts = rng.integers(0, bases[0].shape[1], size=bases[0].shape[1])
+            chosen = rng.integers(0, len(bases), size=len(bases))
+            total += np.mean(
+                [
+                    bases[b][rng.integers(0, len(bases[b]), size=len(bases[b]))][:, prompts].mean()
+                    for b in chosen
+                ]
+            )
         draws[r] = total / n_graphs
     return estimate, draws
 
@@ -420,20 +439,26 @@ class Hypothesis:
         return (1 + max(int((d <= lo).sum()), int((d >= hi).sum()))) / (n + 1)
 
 
-def decide_family(hypotheses: Sequence[Hypothesis], *, alpha: float = 0.05) -> list[Decision]:
+def decide_family(
+    hypotheses: Sequence[Hypothesis], *, alpha: float = 0.05, family_size: int | None = None
+) -> list[Decision]:
     """Decide a family of hypotheses with Holm's step-down procedure (Holm 1979) at family-wise
     level `alpha`: sort the p-values, compare the i-th smallest with alpha / (m - i + 1), and stop
-    at the first that exceeds it. A rejected null `holds` the claim. Each hypothesis is reported
+    at the first that exceeds it. m is `family_size` when members of the pre-registered family
+    could not be tested (they count as not rejected, at the largest ranks), else the number of
+    hypotheses. A rejected null `holds` the claim. Each hypothesis is reported
     with the percentile interval at its Holm level a_i (confidence 1 - 2 a_i): a claim not
     established `fails` when that interval lies entirely on the other side of the null
     (directional) or entirely outside the equivalence band, and is `inconclusive` otherwise."""
     _check_confidence(1 - alpha)
-    m = len(hypotheses)
-    if m == 0:
+    if not hypotheses:
         raise ValueError("decide_family needs at least one hypothesis")
+    m = len(hypotheses) if family_size is None else family_size
+    if m < len(hypotheses):
+        raise ValueError(f"family_size {m} is smaller than the {len(hypotheses)} hypotheses")
     p = [h.p_value() for h in hypotheses]
-    order = sorted(range(m), key=lambda i: p[i])
-    levels, rejected, stopped = [0.0] * m, [False] * m, False
+    order = sorted(range(len(hypotheses)), key=lambda i: p[i])
+    levels, rejected, stopped = [0.0] * len(hypotheses), [False] * len(hypotheses), False
     for rank, i in enumerate(order):
         levels[i] = alpha / (m - rank)
         if not stopped and p[i] <= levels[i]:

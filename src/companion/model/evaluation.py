@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,6 +38,7 @@ __all__ = [
     "exact_metrics",
     "kl_to_reference",
     "evaluate_sampled",
+    "sampled_check",
     "mean_gradient_norms",
 ]
 
@@ -198,6 +200,20 @@ def evaluate_sampled(
     unique_ok = torch.unique(rows[rewards.view(-1) > 0], dim=0)
     distinct = torch.bincount(unique_ok[:, 0], minlength=p).to(torch.float64)
     return {"correct": c, "pass@1": pass_at_k_unbiased(n, c, 1), "distinct": distinct}
+
+
+def sampled_check(
+    model: GPT, task: DagTask, paths: PathSet, n: int, seed: int
+) -> tuple[float, float, float]:
+    """The exact evaluation checked by sampling: (exact mean J_1, sampled mean pass@1, z), with n
+    i.i.d. samples per prompt of `paths` and z = (sampled - exact) / se, where
+    se = sqrt(sum_x J_1(x) (1 - J_1(x)) / n) / P is the sampled mean's standard error under the
+    exact J_1. |z| stays small (|z| < 4 but for 6e-5 of draws) if both are right."""
+    exact = exact_metrics(model, task, paths, ())["j1"].numpy()
+    correct = evaluate_sampled(model, task, paths.pairs, n, seed=seed)["correct"].numpy()
+    se = float(np.sqrt(np.sum(exact * (1 - exact) / n)) / len(exact))
+    sampled = float(correct.mean() / n)
+    return float(exact.mean()), sampled, float((sampled - exact.mean()) / se)
 
 
 def mean_gradient_norms(

@@ -61,7 +61,16 @@ from companion.model import config, rl
 from companion.model.pretrain import base_digest, load_or_pretrain
 from companion.repro import progress as progress_bar
 
-__all__ = ["Grid", "Trial", "SweepResult", "load_grid", "parse_grid", "run", "BACKENDS"]
+__all__ = [
+    "Grid",
+    "Trial",
+    "SweepResult",
+    "load_grid",
+    "parse_grid",
+    "run",
+    "base_file",
+    "BACKENDS",
+]
 
 BACKENDS = ("local", "ray")
 BASE_AXES = ("graph", "base")  # grid fields: TaskConfig.seed and PretrainConfig.seed
@@ -256,6 +265,11 @@ def _profile(name: str, graph: int, base: int) -> config.ProfileConfig:
     return config.with_base(config.for_profile(name), graph=graph, base=base)
 
 
+def base_file(out: str | os.PathLike, profile: str, graph: int, base: int) -> Path:
+    """Where a sweep into `out` keeps the shared base of (graph, base) of `profile`."""
+    return Path(out) / "bases" / f"{base_digest(_profile(profile, graph, base))}.pt"
+
+
 def _pretrain_base(profile_name: str, graph: int, base: int, base_path: str) -> dict:
     """The base job every backend runs first: pretrain (graph, base) into base_path. Never
     raises: errors come back as {"status": "failed", "error": ...}."""
@@ -425,8 +439,7 @@ def run(
             bases = {}
             for t in trials:
                 if (t.graph, t.base) not in bases:
-                    key = base_digest(_profile(grid.profile, t.graph, t.base))
-                    bases[t.graph, t.base] = out / "bases" / f"{key}.pt"
+                    bases[t.graph, t.base] = base_file(out, grid.profile, t.graph, t.base)
         finally:
             torch.set_num_threads(threads)
         base_jobs = [(grid.profile, g, b, str(path)) for (g, b), path in bases.items()]

@@ -6,9 +6,16 @@ Arms a = 0..A-1 (A = 100) have mean reward
 
 a global optimum at arm 40 (mu = 1.0) and a local one at arm 75 (mu = 0.6). The softmax policy
 starts near the local optimum, pi_a proportional to exp(-((a - 75)/5)^2 / 2) + 0.1. A pull of arm
-a earns either the real reward mu_a ("real") or a 0/1 reward drawn from Bernoulli(mu_a)
-("binary", the regime of Theorem 3.1; mu_40 exceeds 1 by 1e-11, so the draw is
-Bernoulli(min(mu_a, 1))); both have mean mu_a (to 1e-11), so E_pi[r] is the same function.
+a earns the real reward mu_a ("real", noise-free), a real reward with Gaussian noise
+mu_a + noise_sd * N(0, 1) ("noisy": real-valued but as noisy as a coin at p = 1/2 when
+noise_sd = 0.5), or a 0/1 reward drawn from Bernoulli(mu_a) ("binary", the regime of Theorem 3.1;
+mu_40 exceeds 1 by 1e-11, so the draw is Bernoulli(min(mu_a, 1))). All have mean mu_a (to 1e-11),
+so E_pi[r] is the same function.
+
+`expected_flow` integrates the exact expected updates instead: z <- z + lr grad J(z) for
+J = E_pi[mu] (pass@1's, and on a binary reward every objective's direction: Theorem 3.1) and
+J = max@k of the real reward (pkpo and pkpo_loo's expectation, companion.theory.maxk), with no
+sampling at all. Where the mass goes is read relative to the start (`moved`).
 
 `train` runs every (seed, variant) pair as one row of a (rows, A) logit tensor: each update draws
 a group of n pulls per row, computes the variant's objective weights w (one call per distinct
@@ -30,15 +37,21 @@ from companion.theory.harness import score_estimate
 
 __all__ = [
     "REWARDS",
+    "GLOBAL",
+    "LOCAL",
     "arm_means",
     "initial_logits",
     "Variant",
     "metrics",
+    "moved",
     "BanditRun",
     "train",
+    "expected_flow",
 ]
 
-REWARDS = ("real", "binary")
+REWARDS = ("real", "noisy", "binary")
+GLOBAL = (30, 50)  # the arms around the global optimum (arm 40)
+LOCAL = (65, 85)  # the arms around the local optimum (arm 75), where the policy starts
 
 
 def _arms(arms: int) -> Tensor:
@@ -81,9 +94,9 @@ class Variant:
         return (self.objective, self.k, tuple(sorted(self.params.items())))
 
 
-def metrics(logits: Tensor, means: Tensor, window: tuple[int, int] = (30, 50)) -> dict[str, Tensor]:
-    """Per row: E_pi[mu] ("reward"), the entropy in nats, and the mass on arms window[0]..window[1]
-    inclusive ("mass_window")."""
+def metrics(logits: Tensor, means: Tensor, window: tuple[int, int] = GLOBAL) -> dict[str, Tensor]:
+    """Per row: E_pi[mu] ("reward"), the entropy in nats, the mass on arms window[0]..window[1]
+    inclusive ("mass_window"), and on the LOCAL window ("mass_local")."""
     logp = torch.log_softmax(logits, -1)
     pi = logp.exp()
     lo, hi = window
@@ -91,7 +104,18 @@ def metrics(logits: Tensor, means: Tensor, window: tuple[int, int] = (30, 50)) -
         "reward": pi @ means,
         "entropy": -(pi * logp).sum(-1),
         "mass_window": pi[..., lo : hi + 1].sum(-1),
+        "mass_local": pi[..., LOCAL[0] : LOCAL[1] + 1].sum(-1),
     }
+
+
+def moved(logits: Tensor, start: Tensor, window: tuple[int, int]) -> Tensor:
+    """Per row: the mass on `window` now minus at the start (logits and start: (..., arms)).
+    A run escapes when its GLOBAL mass has gained, and is trapped when its LOCAL mass has
+    gained, more than a threshold: two gains that cannot both exceed 1/4, since the windows start
+    with 0.09 and 0.63 of the mass."""
+    lo, hi = window
+    now = torch.softmax(logits, -1)[..., lo : hi + 1].sum(-1)
+    return now - torch.softmax(start, -1)[..., lo : hi + 1].sum(-1)
 
 
 @dataclass(frozen=True)
@@ -120,18 +144,21 @@ def train(
     means: Tensor | None = None,
     logits0: Tensor | None = None,
     record_every: int = 250,
-    window: tuple[int, int] = (30, 50),
+    window: tuple[int, int] = GLOBAL,
+    noise_sd: float = 0.5,
 ) -> BanditRun:
     """Train every (seed, variant) row for `steps` updates of n pulls each (module docstring).
 
     Each seed has its own generator, which draws, per step, n uniforms per variant for the arms
-    (inverse-CDF sampling) and n for the Bernoulli rewards: a seed's runs do not depend on the
-    other seeds."""
+    (inverse-CDF sampling), n for the Bernoulli rewards and n normals for the noisy ones: a
+    seed's runs do not depend on the other seeds."""
     for name, value in (("steps", steps), ("n", n), ("record_every", record_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (math.isfinite(noise_sd) and noise_sd >= 0):
+        raise ValueError(f"noise_sd must be a finite number >= 0, got {noise_sd!r}")
     if not variants or not seeds:
         raise ValueError("need at least one variant and one seed")
     if len({v.label for v in variants}) != len(variants):
@@ -156,6 +183,7 @@ def train(
     rows = n_var * n_seeds
     z = logits0.expand(rows, arms).clone()
     binary_row = torch.tensor([v.reward == "binary" for v in ordered]).repeat_interleave(n_seeds)
+    noisy_row = torch.tensor([v.reward == "noisy" for v in ordered]).repeat_interleave(n_seeds)
     blocks = []  # (objective, k, first row, last row + 1)
     for cfg in configs:
         js = [j for j, v in enumerate(ordered) if v.config == cfg]
@@ -183,12 +211,58 @@ def train(
         if step == steps:
             break
         draws = [torch.rand(2, n_var, n, generator=g, dtype=torch.float64) for g in gens]
+        noise = [torch.randn(n_var, n, generator=g, dtype=torch.float64) for g in gens]
         u = torch.stack(draws, 2)[:, order_t].reshape(2, rows, n)  # variant j gets draws [:, j]
+        eps = torch.stack(noise, 1)[order_t].reshape(rows, n)
         pi = torch.softmax(z, -1)
         arm = torch.searchsorted(torch.cumsum(pi, -1), u[0], right=True).clamp_max(arms - 1)
         mu = means[arm]
         rewards = torch.where(binary_row[:, None], (u[1] < mu).to(torch.float64), mu)
+        rewards = torch.where(noisy_row[:, None], mu + noise_sd * eps, rewards)
         w = torch.cat([obj.weights(rewards[lo:hi], k) for obj, k, lo, hi in blocks])
         z += lr * score_estimate(pi, arm, w)
     final = z.view(n_var, n_seeds, arms)[torch.argsort(order_t)].transpose(0, 1)
     return BanditRun(variants, list(seeds), pd.concat(records, ignore_index=True), final)
+
+
+def expected_flow(
+    ks: list[int],
+    *,
+    steps: int,
+    lr: float,
+    means: Tensor | None = None,
+    logits0: Tensor | None = None,
+    record_every: int = 250,
+) -> tuple[pd.DataFrame, dict[str, Tensor]]:
+    """Deterministic flows of the exact expected updates from the start: z <- z + lr grad J(z),
+    one row per J: "E[r]" (E_pi[mu]) and "max@k" of the real reward mu for each k in `ks`
+    (closed-form gradient for E[r], autograd of companion.theory.maxk.max_at_k for max@k).
+    Returns the history (step, flow, metrics) and the final logits of each flow."""
+    from companion.theory.maxk import grad_expected_reward, grad_max_at_k
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    means = arm_means() if means is None else means.to(torch.float64)
+    logits0 = initial_logits(len(means)) if logits0 is None else logits0.to(torch.float64)
+    labels = ["E[r]"] + [f"max@{k}" for k in ks]
+    z = logits0.expand(len(labels), -1).clone()
+    table = means.expand_as(z)
+    k_row = torch.tensor(ks, dtype=torch.float64)
+    records = []
+    for step in range(steps + 1):
+        if step % record_every == 0 or step == steps:
+            m = metrics(z, means)
+            records.append(
+                pd.DataFrame(
+                    {"step": step, "flow": labels} | {key: val.numpy() for key, val in m.items()}
+                )
+            )
+        if step == steps:
+            break
+        grad = torch.cat(
+            [grad_expected_reward(z[:1], table[:1]), grad_max_at_k(z[1:], table[1:], k_row)]
+        )
+        z = z + lr * grad
+    return pd.concat(records, ignore_index=True), dict(zip(labels, z, strict=True))

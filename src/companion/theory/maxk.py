@@ -26,7 +26,7 @@ import sympy as sp
 import torch
 from torch import Tensor
 
-from companion.theory.exact import autograd, cosine
+from companion.theory.exact import cosine
 from companion.theory.passk import check_k
 
 __all__ = [
@@ -73,9 +73,10 @@ def grad_expected_reward(logits: Tensor, table: Tensor) -> Tensor:
     return pi * (g - (pi * g).sum(-1, keepdim=True))
 
 
-def max_at_k(logits: Tensor, table: Tensor, k: int) -> Tensor:
+def max_at_k(logits: Tensor, table: Tensor, k: int | Tensor) -> Tensor:
     """E[max of k i.i.d. rewards] per prompt, shape (P,): sum_a g_(a) (F_a^k - F_{a-1}^k) over
-    answers sorted by ascending reward (module docstring); differentiable in logits.
+    answers sorted by ascending reward (module docstring); differentiable in logits. `k` is one
+    k, or a tensor (P,) of one k per prompt.
 
     Computed in the summed-by-parts form g_(m) - sum_{a<m} d_a F_a^k, d_a = g_(a+1) - g_(a):
     no term involves F_m = 1, so the gradient has no O(k) terms that cancel (it can be 1e-9 and
@@ -86,13 +87,35 @@ def max_at_k(logits: Tensor, table: Tensor, k: int) -> Tensor:
     g_sorted, order = torch.sort(g, dim=-1, stable=True)
     cdf = torch.cumsum(torch.softmax(logits, -1).gather(-1, order)[:, :-1], -1)  # F_1..F_{m-1}
     gaps = g_sorted[:, 1:] - g_sorted[:, :-1]
+    if isinstance(k, Tensor):
+        if k.shape != (logits.shape[0],):
+            raise ValueError(
+                f"a k per prompt needs shape ({logits.shape[0]},), got {tuple(k.shape)}"
+            )
+        k = k.to(cdf.dtype)[:, None]
     return g_sorted[:, -1] - (gaps * cdf**k).sum(-1)
 
 
-def grad_max_at_k(logits: Tensor, table: Tensor, k: int) -> Tensor:
-    """d max@k / d z by autograd, shape (P, m) (grad_jk of companion.theory.exact on 0/1
-    tables)."""
-    return autograd(max_at_k, logits, table, k)
+def grad_max_at_k(logits: Tensor, table: Tensor, k: int | Tensor) -> Tensor:
+    """d max@k / d z in closed form, shape (P, m) (grad_jk of companion.theory.exact on 0/1
+    tables; tests check it against autograd of max_at_k).
+
+    With the answers sorted by reward, max@k = g_(m) - sum_{a<m} d_a F_a^k, F_a = sum_{j<=a} pi_(j),
+    so d max@k / d pi_(j) = -sum_{a >= j, a < m} d_a k F_a^(k-1), and the softmax chain rule gives
+    d / dz = pi (u - <pi, u>) for u = d max@k / d pi."""
+    check_table(logits, table)
+    check_k(k)
+    pi = torch.softmax(logits, -1)
+    g = table.to(pi.dtype)
+    g_sorted, order = torch.sort(g, dim=-1, stable=True)
+    cdf = torch.cumsum(pi.gather(-1, order)[:, :-1], -1)
+    gaps = g_sorted[:, 1:] - g_sorted[:, :-1]
+    kk = k.to(pi.dtype)[:, None] if isinstance(k, Tensor) else k
+    v = gaps * kk * cdf ** (kk - 1)  # (P, m - 1)
+    u_sorted = torch.zeros_like(pi)
+    u_sorted[:, :-1] = -torch.flip(torch.cumsum(torch.flip(v, [-1]), -1), [-1])
+    u = torch.empty_like(u_sorted).scatter_(-1, order, u_sorted)
+    return pi * (u - (pi * u).sum(-1, keepdim=True))
 
 
 def cosine_to_expected_reward(logits: Tensor, table: Tensor, k: int) -> Tensor:
