@@ -107,7 +107,8 @@ def test_report_counts_kinds_apart_and_escapes_pipes(tmp_path):
     text = report.build(tmp_path).read_text()
     table = [ln for ln in text.splitlines() if ln.startswith("| ") and "verdict" not in ln]
     assert len(table) == 4
-    assert "x \\| y" in table[0] and "01_nb (f.png)" in table[0] and table[0].endswith("| holds |")
+    assert "x \\| y" in table[0] and "01_nb (f.png)" in table[0]
+    assert table[0].endswith("| holds | - |")  # no stored deciding run of this claim
     assert (
         "1 identity: 1 hold; 1 numerical check: 1 fail; 2 experiments: 1 hold, 1 inconclusive"
         in text
@@ -206,3 +207,16 @@ def test_a_claims_file_of_an_older_format_is_replaced_not_fatal(tmp_path, capsys
     claims.record([row], tmp_path)
     assert [c.id for c in claims.read(folder / "nb.csv")] == ["x"]
     assert "replacing" in capsys.readouterr().err
+
+
+def test_report_shows_a_stored_deciding_run_beside_the_row(tmp_path):
+    ci = claims.Claim("r", "c", "p", "04_nb", "empirical", "m", "inconclusive", 4, "[-1, 1]")
+    full = claims.Claim("r", "c", "p", "04_nb", "empirical", "m", "holds", 45, "[0.1, 0.2]")
+    claims.record([ci], tmp_path / "results")
+    claims.record([full], tmp_path / "evidence" / "04_full")
+    (tmp_path / "evidence" / "04_full" / "claims" / "04_nb.csv").rename(
+        tmp_path / "evidence" / "04_full" / "claims.csv"
+    )
+    text = report.render([ci], report.deciding_runs(tmp_path))
+    row = next(ln for ln in text.splitlines() if ln.startswith("| c |"))
+    assert row.endswith("| inconclusive | holds [0.1, 0.2], 45 seeds (04_full) |")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from companion.evidence.claims import Claim, read_all
+from companion.evidence.claims import Claim, read, read_all
 from companion.evidence.verdicts import KINDS, VERDICTS
 from companion.files import atomic_write_text
-from companion.repro import results_dir
+from companion.repro import repo_root, results_dir
 
 __all__ = ["summary", "render", "build"]
 
@@ -27,6 +27,15 @@ def _cell(text: str) -> str:
     """Table cell text: HTML escaped (a Markdown renderer must not turn claim text into markup),
     pipes escaped, one line."""
     return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _deciding(entry: tuple[str, Claim] | None) -> str:
+    if entry is None:
+        return "-"
+    run, c = entry
+    interval = f" {c.interval}" if c.interval else ""
+    fragile = " (fragile)" if c.fragile else ""
+    return _cell(f"{c.verdict}{fragile}{interval}, {c.seeds} seeds ({run})")
 
 
 def summary(claims: list[Claim]) -> str:
@@ -49,9 +58,25 @@ def summary(claims: list[Claim]) -> str:
     return "; ".join(parts)
 
 
-def render(claims: list[Claim]) -> str:
-    """The report as Markdown: the summary line, then one table ordered by notebook and id."""
+def deciding_runs(root: Path | None = None) -> dict[tuple[str, str], tuple[str, Claim]]:
+    """The claims of the stored deciding runs (evidence/<run>/claims.csv of the checkout):
+    (notebook, id) -> (run folder name, claim)."""
+    root = root or repo_root()
+    found: dict[tuple[str, str], tuple[str, Claim]] = {}
+    if root is None:
+        return found
+    for path in sorted((root / "evidence").glob("*/claims.csv")):
+        for c in read(path):
+            found[c.notebook, c.id] = (path.parent.name, c)
+    return found
+
+
+def render(claims: list[Claim], deciding: dict | None = None) -> str:
+    """The report as Markdown: the summary line, then one table ordered by notebook and id, with
+    the verdict and interval of a stored deciding run (`deciding_runs`) beside a row it also
+    decides."""
     rows = sorted(claims, key=lambda c: (c.notebook, c.id))
+    deciding = deciding or {}
     lines = [
         "# Claims report",
         "",
@@ -66,16 +91,20 @@ def render(claims: list[Claim]) -> str:
         "marked *fragile* has an interval edge within one standard error of its null (or of an",
         "equivalence bound): another draw of seeds may decide otherwise.",
         "",
+        "The last column gives the verdict and interval of the stored deciding run of the same",
+        "claim (evidence/<run>/), where there is one: the rows of this run may be too small to",
+        "decide.",
+        "",
         "| claim | kind | where the paper states it | notebook (figure) | measured | seeds "
-        "| 95% interval | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| 95% interval | verdict | deciding run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in rows:
         where = c.notebook + (f" ({c.figure})" if c.figure else "")
         lines.append(
             f"| {_cell(c.claim)} | {c.kind} | {_cell(c.paper)} | {_cell(where)} "
             f"| {_cell(c.measured)} | {c.seeds} | {_cell(c.interval) or '-'} | {c.verdict}"
-            f"{' (fragile)' if c.fragile else ''} |"
+            f"{' (fragile)' if c.fragile else ''} | {_deciding(deciding.get((c.notebook, c.id)))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -89,4 +118,4 @@ def build(results: Path | None = None, out: Path | None = None) -> Path:
             f"no claims in {results / 'claims'}: run the notebooks first (make reproduce)"
         )
     out = out or results / "REPORT.md"
-    return atomic_write_text(out, render(claims))
+    return atomic_write_text(out, render(claims, deciding_runs()))
