@@ -228,3 +228,15 @@ def test_an_untested_decision_says_so():
         == "x: 1 of 9 runs reach it: not tested (the pre-registered rule) -> inconclusive"
     )
     assert not d.fragile
+
+
+def test_within_prints_its_bound_and_deterministic_mean_is_numerical():
+    d = v.within(3e-16, "float64", statistic="max |x - y|")
+    assert d.verdict == "holds" and d.describe() == "max |x - y| < 1e-12 (exact) -> holds"
+    bad = v.within(2e-12, "float64", statistic="max |x - y|")
+    assert bad.verdict == "fails" and "2e-12" in bad.describe()
+    assert v.within(math.nan, 1e-3).verdict == "fails"
+    m = v.deterministic_mean([-0.5, -0.1, 0.2], direction="less", statistic="change")
+    assert m.kind == "numerical" and m.verdict == "holds" and "67% of 3 prompts" in m.method
+    assert v.deterministic_mean([0.1, -0.05], direction="less").verdict == "fails"
+    assert v.bonferroni_z(1, 0.05) == pytest.approx(stats.norm.ppf(0.975))

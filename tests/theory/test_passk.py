@@ -185,3 +185,15 @@ def test_integers_beyond_int64_are_refused_with_the_right_message(n):
         passk.pass_at_k_unbiased(n, 1, 1)
     with pytest.raises(ValueError, match="c is too large"):
         passk.pass_at_k_unbiased(5, n, 1)
+
+
+def test_signal_size_is_the_derivative_in_the_correct_logit():
+    import torch
+
+    from companion.theory import exact, passk
+
+    for p, k in ((0.1, 4), (0.5, 2), (0.9, 8)):
+        z = torch.tensor([[math.log(p / (1 - p)), 0.0]], dtype=torch.float64)
+        correct = torch.tensor([[True, False]])
+        grad = exact.autograd(exact.pass_at_k, z, correct, k)
+        assert float(grad[0, 0]) == pytest.approx(passk.signal_size(p, k), rel=1e-12)

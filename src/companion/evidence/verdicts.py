@@ -58,6 +58,8 @@ __all__ = [
     "TOLERANCES",
     "within",
     "bonferroni_z",
+    "MC_ALPHA",
+    "deterministic_mean",
     "bootstrap_mean",
     "nested_bootstrap",
     "Hypothesis",
@@ -80,7 +82,14 @@ TOLERANCES = {
     "quadrature": 1e-13,
     # an exact update that should vanish at a stationary point
     "stationary": 1e-12,
+    # a location read off a grid of step 5e-6 (two hundred thousand points on [0, 1])
+    "grid": 1e-4,
+    # 1 - cos of two exact update paths that are collinear up to the round-off of many steps
+    "collinear": 1e-9,
+    # a difference that must be material, not round-off: above this
+    "material": 1e-6,
 }
+MC_ALPHA = 1e-3  # family-wise level of the Monte Carlo checks of identities (with bonferroni_z)
 
 
 @dataclass(frozen=True)
@@ -226,6 +235,27 @@ def within(
     return dataclasses.replace(
         exact(ok, kind=kind, statistic=statistic, value=v, method=method), band=tol
     )
+
+
+def deterministic_mean(
+    values: Sequence[float] | np.ndarray,
+    *,
+    null: float = 0.0,
+    direction: str = "greater",
+    statistic: str = "mean over prompts",
+) -> Decision:
+    """A numerical check of a mean over a deterministic computation (exact flows from fixed
+    policies, nothing sampled): holds if the mean lies on the claimed side of `null`, fails
+    otherwise; the method reports the share of units on that side."""
+    _check_direction(direction)
+    x = _values(values, "values")
+    if len(x) == 0:
+        raise ValueError("deterministic_mean needs at least one value")
+    mean = float(x.mean())
+    side = x > null if direction == "greater" else x < null
+    ok = bool(mean > null) if direction == "greater" else bool(mean < null)
+    share = f"exact flows; {side.mean():.0%} of {len(x)} prompts on the claimed side"
+    return exact(ok, kind="numerical", statistic=statistic, value=mean, method=share)
 
 
 def bonferroni_z(tests: int, alpha: float = 1e-3) -> float:

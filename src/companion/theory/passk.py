@@ -28,6 +28,7 @@ __all__ = [
     "pass_at_k_unbiased",
     "check_k",
     "n_for_signal",
+    "signal_size",
     "pass_at_k_correlated",
 ]
 
@@ -80,6 +81,15 @@ def gap(p: ArrayLike, k: ArrayLike) -> ArrayLike:
     check_k(k)
     _check_prob(p)
     return (1 - p) * (1 - (1 - p) ** (k - 1))
+
+
+def signal_size(p: ArrayLike, k: ArrayLike) -> ArrayLike:
+    """The size of the pass@k signal, k p (1 - p)^k: dJ_k/dz_c of a softmax whose one correct
+    answer has logit z_c and probability p = J_1 (symbolic.signal_magnitude derives it). It
+    vanishes as J_1 -> 0 and as J_1 -> 1 and peaks at J_1 = 1 / (k + 1)."""
+    check_k(k)
+    _check_prob(p)
+    return k * p * (1 - p) ** k
 
 
 def gap_peak(k: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
