@@ -140,6 +140,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from companion.files import exclusive, writable_dir
     from companion.model import config, rl
+    from companion.model.gpt import pick_device
 
     profile = config.for_profile(args.profile)
     overrides = {
@@ -180,7 +181,7 @@ def _train(args: argparse.Namespace) -> int:
     summary = {
         "pretrain_s": round(times["pretrain_s"], 2),
         "rl_s": round(times["rl_s"], 2),
-        "device": cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "device": str(pick_device(cfg.device, profile.model.numerics)),
         "final": {k: round(float(v), 4) for k, v in df.iloc[-1].items()},
     }
     timings = out / "timings.json"

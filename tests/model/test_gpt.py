@@ -118,6 +118,15 @@ def test_errors_and_device():
     assert pick_device().type in ("cpu", "cuda")
 
 
+def test_portable_numerics_default_to_the_cpu_even_with_a_gpu(monkeypatch):
+    # the stored outputs are CPU bits: on a machine with a GPU, the portable profiles must not
+    # move to it unless asked
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(None, "portable").type == "cpu"
+    assert pick_device(None, "float32").type == "cuda"
+    assert pick_device("cuda:1", "portable") == torch.device("cuda:1")
+
+
 def reference_logprob(model, prompts, answers, eos, temperature=1.0):
     """The plain definition: one forward of every concatenated sequence, nothing shared."""
     seq = torch.cat([prompts, answers], 1)

@@ -155,7 +155,7 @@ class RLConfig:
     eval_every: int = 5
     kl_samples: int = 8  # samples per test prompt for the KL-to-base estimate
     seed: int = 0
-    device: str | None = None  # None: CUDA if available, else CPU (not part of the run key)
+    device: str | None = None  # None: gpt.pick_device (not part of the run key)
     objective_params: dict = field(default_factory=dict)
     stop_gain: float | None = None  # end once test J_1 is this much above the base's (rl.py)
 

@@ -46,7 +46,9 @@ __all__ = [
 @dataclass(frozen=True)
 class RegimeRule:
     """The base must leave room to explore: on the prompts it is given, mean J_1 in [mean_low,
-    mean_high] and at least `hard_fraction` of the prompts with J_1 < hard_j1."""
+    mean_high] and at least `hard_fraction` of the prompts with J_1 < hard_j1. Pretraining
+    selects a base on the RL train prompts (`pretrain.pretrain`); notebook 04 also reports
+    whether the test prompts meet it."""
 
     mean_low: float = 0.3
     mean_high: float = 0.6
@@ -67,8 +69,8 @@ class RegimeRule:
 
     def describe(self) -> str:
         return (
-            f"mean test J_1 in [{self.mean_low}, {self.mean_high}] and >= "
-            f"{self.hard_fraction:.0%} of test prompts with J_1 < {self.hard_j1}"
+            f"mean J_1 in [{self.mean_low}, {self.mean_high}] and >= "
+            f"{self.hard_fraction:.0%} of the prompts with J_1 < {self.hard_j1}"
         )
 
 

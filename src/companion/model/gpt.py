@@ -15,10 +15,15 @@ from companion.model.portable import NATIVE, PORTABLE, Kernels
 __all__ = ["GPTConfig", "GPT", "KVCache", "causal_attention", "pick_device"]
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    """`device` if given ("cpu", "cuda", "cuda:1", ...), else CUDA when available, else CPU."""
+def pick_device(device: str | None = None, numerics: str = "float32") -> torch.device:
+    """`device` if given ("cpu", "cuda", "cuda:1", ...). Otherwise the CPU for "portable" numerics
+    (their bits are defined on the CPU: a GPU's kernels and random generators give other
+    numbers, so the stored outputs would not reproduce on a machine that has one), and for
+    "float32" CUDA when available, else the CPU."""
     if device:
         return torch.device(device)
+    if numerics == "portable":
+        return torch.device("cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

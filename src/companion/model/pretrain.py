@@ -59,7 +59,7 @@ def pretrain(
     checkpoint (every select_every steps) whose exact J_1 on the RL train prompts meets the rule
     (the test prompts are never looked at). `selection` holds the
     chosen step, whether the rule held, and the (step, mean J_1, hard fraction) of each check."""
-    dev = pick_device(device)
+    dev = pick_device(device, model_cfg.numerics)
     torch.manual_seed(cfg.seed)
     model = build_model(task, model_cfg, dev)
     opt = model.ops.adamw(model.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -120,7 +120,7 @@ def load_or_pretrain(
     not a base checkpoint raises CheckpointError, unless `fresh`, which pretrains anew over it."""
     path = Path(path)
     key = base_key(profile)
-    dev = pick_device(device)
+    dev = pick_device(device, profile.model.numerics)
     task = build_task(profile.task)
     with file_lock(path.with_name(path.name + ".lock")):
         if path.exists():

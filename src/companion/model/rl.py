@@ -316,7 +316,7 @@ def load_trained(out_dir: str | Path, profile: ProfileConfig, device: str | None
     saved = checkpoint.load(Path(out_dir) / "checkpoint.pt", _RUN_FIELDS, "run checkpoint")
     model = build_model(build_task(profile.task), profile.model, torch.device("cpu"))
     model.load_state_dict(saved["model"])
-    return model.to(pick_device(device)).eval()
+    return model.to(pick_device(device, profile.model.numerics)).eval()
 
 
 def run_trial(
