@@ -12,6 +12,8 @@ import papermill as pm
 import pytest
 import yaml
 
+from companion.profiles import PROFILES
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
@@ -39,6 +41,17 @@ def test_first_code_cell_is_parameters_then_validation(nb):
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter(nb):
+    """papermill parses the parameters cell line by line (an '=' in a comment hides the line)."""
+    assigned = {
+        target.id
+        for node in ast.parse("".join(code_cells(nb)[0]["source"])).body
+        for target in node.targets
+    }
+    assert assigned == set(pm.inspect_notebook(str(nb)))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_stored_outputs_complete_and_clean(nb):
     data = json.loads(nb.read_text())
     assert "papermill" not in data["metadata"]
@@ -54,7 +67,15 @@ def test_stored_outputs_complete_and_clean(nb):
             assert "it/s]" not in text, "a progress bar leaked into the stored outputs"
 
 
-@pytest.mark.parametrize("profile_file", sorted((ROOT / "params").glob("*/*.yaml")), ids=str)
+PROFILE_FILES = sorted(f for name in PROFILES for f in (ROOT / "params" / name).glob("*.yaml"))
+
+
+def test_params_holds_profiles_and_the_preregistration_only():
+    assert PROFILE_FILES
+    assert {d.name for d in (ROOT / "params").iterdir()} <= set(PROFILES) | {"preregistered"}
+
+
+@pytest.mark.parametrize("profile_file", PROFILE_FILES, ids=str)
 def test_profile_files_name_known_parameters(profile_file):
     nb = ROOT / "notebooks" / f"{profile_file.stem}.ipynb"
     assert nb.is_file(), f"{profile_file} has no notebook"
