@@ -161,8 +161,8 @@ def test_bad_output_folders_are_refused_before_any_work(tmp_path, capsys, kind):
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".metrics.csv.{dead.pid}.abc123.tmp"
-    live = tmp_path / f".metrics.csv.{os.getpid()}.def456.tmp"
+    stale = tmp_path / f".metrics.csv.{dead.pid}.abc12345.companion.tmp"
+    live = tmp_path / f".metrics.csv.{os.getpid()}.def45678.companion.tmp"
     stale.write_text("half")
     live.write_text("in progress")
     assert files.remove_stale_temporaries(tmp_path) == [stale]
