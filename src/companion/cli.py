@@ -131,7 +131,7 @@ def _device(name: str | None) -> str | None:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from companion.files import exclusive, writable_dir
+    from companion.files import exclusive, regular_file, writable_dir
     from companion.model import config, rl
 
     profile = config.for_profile(args.profile)
@@ -156,9 +156,9 @@ def _train(args: argparse.Namespace) -> int:
         device=_device(args.device),
         **overrides,
     )
+    if args.base is not None:  # a regular file, or one to create: never a FIFO or a device
+        regular_file(args.base, "--base", must_exist=False)
     out = writable_dir(args.out, "--out")
-    if args.base is not None and Path(args.base).is_dir():
-        raise ValueError(f"--base {args.base} is a folder; name a file")
     torch.set_num_threads(args.threads)
     with exclusive(out):
         df, times = rl.run_trial(
@@ -248,11 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     light = bool(argv) and argv[0] in LIGHT
     args = _parser(light_only=light).parse_args(argv)
-    errors: tuple[type[Exception], ...] = (ValueError,)
+    errors: tuple[type[Exception], ...] = (ValueError, OSError)  # OSError: a full disk ...
     if not light:
         from companion.files import RunLockedError
 
-        errors = (ValueError, RunLockedError)
+        errors = (ValueError, OSError, RunLockedError)
     try:
         if args.command == "train":
             return _train(args)
@@ -275,8 +275,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"site: {build_site(results)}")
         return 0
     except errors as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: Exception) -> str:
+    """An error as one line: an OSError as its reason and the file it names."""
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror + (f": {err.filename}" if err.filename else "")
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":
