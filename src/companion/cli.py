@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -156,6 +157,7 @@ def _train(args: argparse.Namespace) -> int:
         device=_device(args.device),
         **overrides,
     )
+    config.check_fits(profile, cfg)  # --n too large for the profile: refused before any work
     if args.base is not None:  # a regular file, or one to create: never a FIFO or a device
         regular_file(args.base, "--base", must_exist=False)
     out = writable_dir(args.out, "--out")
@@ -188,16 +190,25 @@ def _sweep(args: argparse.Namespace) -> int:
     from companion.model import sweep
 
     grid = sweep.load_grid(args.grid)
-    result = sweep.run(
-        grid,
-        out=args.out,
-        backend=args.backend,
-        workers=args.workers,
-        address=args.address,
-        gpus_per_trial=args.gpus_per_trial,
-        progress=not args.quiet,
-        **({"max_trials": args.max_trials} if args.max_trials else {}),
-    )
+    try:
+        result = sweep.run(
+            grid,
+            out=args.out,
+            backend=args.backend,
+            workers=args.workers,
+            address=args.address,
+            gpus_per_trial=args.gpus_per_trial,
+            progress=not args.quiet,
+            **({"max_trials": args.max_trials} if args.max_trials else {}),
+        )
+    except (sweep.Interrupted, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, sweep.Interrupted) else 2  # SIGINT
+        print(
+            f"error: the sweep was interrupted ({signal.Signals(signum).name}); its workers are "
+            "stopped, finished trials are kept: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 128 + signum
     print(result.summary())
     return 0 if result.ok else 1
 

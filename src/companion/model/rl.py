@@ -26,11 +26,13 @@ uninterrupted one. Checkpoints hold plain data only and are loaded weights-only
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ import torch
 from companion import objectives
 from companion.files import atomic_write_text, exclusive, remove_stale_temporaries, writable_dir
 from companion.model import checkpoint
-from companion.model.config import ProfileConfig, RLConfig, build_model, build_task
+from companion.model.config import ProfileConfig, RLConfig, build_model, build_task, check_fits
 from companion.model.evaluation import PathSet, RegimeRule, exact_metrics, kl_to_reference
 from companion.model.generate import answer_mask, sample_iid, sample_swor, sequence_logprob
 from companion.model.gpt import GPT, pick_device
@@ -128,6 +130,27 @@ def _rl_step(
 
 
 _MAY_BE_NAN = ("test_hard_j1",)  # NaN when no test prompt is hard for the base
+
+
+@contextlib.contextmanager
+def _diverged(step: int) -> Iterator[None]:
+    """Turn the arithmetic errors of a diverged model (weights so large that products overflow,
+    sampling from probabilities that are not finite) into a ValueError naming the RL step."""
+    try:
+        yield
+    except (OverflowError, FloatingPointError) as err:
+        reason = f"{type(err).__name__}: {err}"
+    except RuntimeError as err:
+        text = str(err).splitlines()[0] if str(err) else ""
+        if not any(word in text for word in ("inf", "nan", "NaN")):
+            raise
+        reason = f"RuntimeError: {text}"
+    else:
+        return
+    raise ValueError(
+        f"RL step {step}: the model diverged ({reason}); lower lr or check the objective's "
+        "parameters"
+    ) from None
 
 
 def _check_finite(row: dict, step: int) -> None:
@@ -327,7 +350,8 @@ def _train_rl(
     for step in bar:
         if step % cfg.eval_every == 0 or step == cfg.steps:
             if step > start or not rows:
-                row, per = evaluate(model, step)
+                with _diverged(step):
+                    row, per = evaluate(model, step)
                 if acc:
                     row.update({k: float(np.mean([a[k] for a in acc])) for k in acc[0]})
                 _check_finite(row, step)
@@ -353,7 +377,8 @@ def _train_rl(
             atomic_write_text(prompts_path, pd.DataFrame(prompt_rows).to_csv(index=False))
         if step == last or _reached(rows, cfg.stop_gain):
             break
-        acc.append(_rl_step(model, opt, task, cfg, obj, gen, timings, step))
+        with _diverged(step + 1):
+            acc.append(_rl_step(model, opt, task, cfg, obj, gen, timings, step))
     if timings:
         atomic_write_text(out / "timings.json", json.dumps(timings, indent=1))
     return pd.DataFrame(rows)
@@ -387,6 +412,7 @@ def run_trial(
     owned_base: `base_path` is this run's own file (<out>/base.pt), which may be replaced when it
     holds another configuration; a base the user named is never overwritten. fresh_hint:
     whether errors may suggest --fresh (the caller has that flag)."""
+    check_fits(profile, cfg)
     t0 = time.perf_counter()
     base = load_or_pretrain(
         profile, base_path, cfg.device, progress=progress, owned=owned_base, fresh=fresh,
