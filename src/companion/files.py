@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from companion.processes import alive
+
 __all__ = [
     "atomic_write",
     "atomic_write_text",
@@ -92,21 +94,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` is running (a zombie, killed but not yet reaped, is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): trust kill(0)
-    return state not in ("Z", "X")
-
-
 def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
     """Delete the temporary files of :func:`temporary` whose writing process has died (a kill
     during a write leaves them) in each of `folders` (not in their subfolders): regular files of
@@ -125,7 +112,7 @@ def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
             except OSError:
                 continue
             mine = info.st_uid == os.getuid() and stat.S_ISREG(info.st_mode)
-            if mine and not _alive(int(match.group(1))):
+            if mine and not alive(int(match.group(1))):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed

@@ -37,8 +37,8 @@ A grid file::
   (and the command exits non-zero). A worker process that dies (killed, out of memory) fails only
   the trial it was running, named in the summary; a new worker takes its place.
 * Interruption: the workers of the local backend die with the driver however it ends (SIGKILL
-  included: a parent-death signal), SIGTERM and SIGHUP end the sweep as Ctrl-C does (workers
-  ended, a local Ray stopped, :class:`Interrupted` raised), and every lock dies with its holder,
+  included: a parent-death signal); SIGTERM, SIGHUP and Ctrl-C end the sweep in order (workers
+  ended, a local Ray stopped, :class:`Interrupted` raised); and every lock dies with its holder,
   so rerunning the same command at once resumes: finished trials are kept, interrupted ones
   resume from their last checkpoint.
 * Backends: "local" is a pool of `workers` processes, one torch thread each (on a machine with
@@ -51,23 +51,15 @@ A grid file::
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import itertools
 import json
 import math
-import multiprocessing as mp
-import multiprocessing.connection as mpc
 import os
 import re
-import signal
-import sys
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +77,8 @@ from companion.files import (
     remove_stale_temporaries,
     writable_dir,
 )
-from companion.model import config, rl
+from companion.model import backends, config, rl
+from companion.model.backends import Interrupted
 from companion.model.pretrain import base_digest, load_or_pretrain
 from companion.repro import progress as progress_bar
 
@@ -113,15 +106,6 @@ _PLAIN = re.compile(r"[A-Za-z0-9-][A-Za-z0-9.-]{0,39}")
 _DIGESTED = re.compile(r".*-h[0-9a-f]{10}")  # the form of a digest-suffixed value
 VOUCHED = ("metrics.csv", "prompts.csv")  # the files done.json records checksums of
 TIMING_COLUMNS = ("wall_s",)
-
-
-class Interrupted(BaseException):
-    """The sweep was ended by a signal (SIGTERM, SIGHUP; Ctrl-C raises KeyboardInterrupt): its
-    workers are ended and a local Ray stopped; rerunning the command resumes it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -499,234 +483,6 @@ def _rows(trial: Trial, trial_dir: Path, outcome: dict) -> pd.DataFrame:
     return df
 
 
-# --- running jobs: a local pool of worker processes, or Ray ------------------------------------
-
-Job = tuple
-Outcome = dict
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG), however
-    the parent dies; exit at once if the parent is already gone. Elsewhere: a no-op."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _worker(conn: mpc.Connection, parent: int, gpu: int | None) -> None:
-    """A local worker: runs (fn, job) messages one at a time until told to stop (None) or its
-    driver goes away. It dies with its driver, and leaves Ctrl-C to the driver."""
-    _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        fn, job = message
-        conn.send(fn(*job))
-
-
-class _LocalPool:
-    """`workers` worker processes (spawned, each with one job at a time), started on first use.
-    A worker that dies fails only the job it was running; another takes its place."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.slots: list[tuple[mp.process.BaseProcess, mpc.Connection] | None] = []
-        self.gpus = 0
-
-    def _start(self, slot: int) -> None:
-        ctx = mp.get_context("spawn")
-        mine, theirs = ctx.Pipe()
-        gpu = slot % self.gpus if self.gpus > 1 else None
-        proc = ctx.Process(
-            target=_worker, args=(theirs, os.getpid(), gpu), daemon=True, name=f"sweep-{slot}"
-        )
-        proc.start()
-        theirs.close()
-        self.slots[slot] = (proc, mine)
-
-    def run(self, fn: Callable[..., Outcome], jobs: list[Job]) -> Iterator[tuple[int, Outcome]]:
-        """Yield (index, outcome) as the workers finish fn(*job) for each job."""
-        if not self.slots:
-            import torch
-
-            self.gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        wanted = min(self.workers, max(len(jobs), 1))
-        self.slots += [None] * max(0, wanted - len(self.slots))
-        todo = list(enumerate(jobs))[::-1]
-        running: dict[int, int] = {}  # slot -> job index
-        while todo or running:
-            for slot in range(len(self.slots)):
-                if slot not in running and todo:
-                    if self.slots[slot] is None or not self.slots[slot][0].is_alive():
-                        self._start(slot)
-                    index, job = todo.pop()
-                    self.slots[slot][1].send((fn, job))
-                    running[slot] = index
-            waiting = {self.slots[s][1]: s for s in running}
-            waiting.update({self.slots[s][0].sentinel: s for s in running})
-            for ready in mpc.wait(list(waiting)):
-                slot = waiting[ready]
-                if slot not in running:
-                    continue  # both its pipe and its sentinel were ready
-                proc, conn = self.slots[slot]
-                try:
-                    if not conn.poll():
-                        raise EOFError
-                    outcome = conn.recv()
-                except (EOFError, OSError):
-                    proc.join(5)
-                    code = proc.exitcode
-                    how = f"signal {-code}" if code is not None and code < 0 else f"code {code}"
-                    outcome = {
-                        "status": "failed",
-                        "error": f"its worker process died ({how}: killed, or out of memory) "
-                        "while running it; the other trials went on",
-                    }
-                    conn.close()
-                    self.slots[slot] = None
-                yield running.pop(slot), outcome
-
-    def close(self) -> None:
-        """Stop every worker: ask, then SIGTERM, then SIGKILL; wait for each."""
-        alive = [s for s in self.slots if s is not None]
-        for _, conn in alive:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(None)
-        for proc, conn in alive:
-            proc.join(2)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(3)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(3)
-            conn.close()
-        self.slots = []
-
-
-class _RayRunner:
-    """Ray tasks of the same functions: a local Ray with `workers` CPUs started on first use
-    (and stopped by close()), unless an address is given or Ray is already initialised."""
-
-    def __init__(self, workers: int, address: str | None, gpus_per_trial: float | None) -> None:
-        self.workers, self.gpus_per_trial = workers, gpus_per_trial
-        self.address = address or os.environ.get("RAY_ADDRESS")
-        self.ray: Any = None
-        self.started = False
-
-    def _init(self) -> Any:
-        try:
-            import ray
-        except ImportError as err:
-            raise ValueError(f"the ray backend needs ray installed ({err})") from None
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            self.started = True  # set first: a signal during init still shuts it down
-            if self.address:
-                ray.init(address=self.address, **kwargs)
-            else:
-                ray.init(num_cpus=self.workers, **kwargs)
-        self.ray = ray
-        return ray
-
-    def run(self, fn: Callable[..., Outcome], jobs: list[Job]) -> Iterator[tuple[int, Outcome]]:
-        """Yield (index, outcome) as Ray tasks of fn(*job) finish."""
-        ray = self.ray or self._init()
-        options: dict[str, Any] = {"num_cpus": 1, "max_retries": 0}
-        if self.gpus_per_trial:
-            options["num_gpus"] = self.gpus_per_trial
-        remote = ray.remote(**options)(fn)
-        pending = {remote.remote(*job): i for i, job in enumerate(jobs)}
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    i = pending.pop(ref)
-                    try:
-                        outcome = ray.get(ref)
-                    except Exception as err:  # noqa: BLE001 - a task whose worker died
-                        outcome = {"status": "failed", "error": f"ray task failed: {err!r}"}
-                    yield i, outcome
-        finally:
-            for ref in pending:  # interrupted: cancel what is left
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-
-    def close(self) -> None:
-        """Shut down the local Ray started here (all its processes); leave a cluster alone."""
-        if self.started and self.ray is not None:
-            self.ray.shutdown()
-        elif self.started:  # init was interrupted: what it started must still go
-            with contextlib.suppress(Exception):
-                import ray
-
-                ray.shutdown()
-        self.started = False
-
-
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """While the block runs (in the main thread), SIGTERM and SIGHUP raise :class:`Interrupted`,
-    so that the finally blocks end the workers and a local Ray, as Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _runner(
-    backend: str, workers: int, address: str | None, gpus_per_trial: float | None
-) -> Iterator[_LocalPool | _RayRunner]:
-    runner: _LocalPool | _RayRunner
-    if backend == "local":
-        runner = _LocalPool(workers)
-    else:
-        runner = _RayRunner(workers, address, gpus_per_trial)
-    try:
-        with _signals_interrupt():
-            yield runner
-    finally:
-        # a second signal while stopping must not leave workers or Ray behind
-        with _signals_blocked():
-            runner.close()
-
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    sigs = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def run(
     grid: Grid,
     out: str | os.PathLike,
@@ -750,7 +506,7 @@ def run(
     out = writable_dir(out, "--out")
     threads = torch.get_num_threads()
 
-    with exclusive(out), _runner(backend, workers, address, gpus_per_trial) as runner:
+    with exclusive(out), backends.runner(backend, workers, address, gpus_per_trial) as jobs_:
         bases_dir = out / "bases"
         remove_stale_temporaries(out, bases_dir, *(out / t.name for t in trials))
         torch.set_num_threads(1)  # trials run with one thread, and the base key says so
@@ -774,7 +530,7 @@ def run(
                 raise ValueError(f"pretraining the base failed: {outcome['error']}")
         elif base_jobs:
             bar = progress_bar(
-                runner.run(_pretrain_base, base_jobs), total=len(base_jobs), desc="bases",
+                jobs_.run(_pretrain_base, base_jobs), total=len(base_jobs), desc="bases",
                 disable=not progress,
             )  # fmt: skip
             for j, outcome in bar:
@@ -820,7 +576,7 @@ def run(
         _write(results, frames)
         if jobs:
             bar = progress_bar(
-                runner.run(_run_trial, jobs), total=len(jobs), desc="trials",
+                jobs_.run(_run_trial, jobs), total=len(jobs), desc="trials",
                 disable=not progress,
             )  # fmt: skip
             for j, outcome in bar:
