@@ -273,9 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             return _notebooks(args)
         if args.command == "compare-claims":
             return _compare_claims(args)
+        from companion.files import writable_dir
         from companion.repro import results_dir
 
-        results = Path(args.results) if args.results else results_dir()
+        if args.results:  # an existing folder of one's own, never / or /etc
+            results = writable_dir(args.results, "--results", create=False)
+        else:
+            results = results_dir()
         if args.command == "report":
             from companion.evidence.report import build
 

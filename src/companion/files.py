@@ -218,10 +218,13 @@ def _system_folder(folder: Path) -> str | None:
     return None
 
 
-def writable_dir(path: str | os.PathLike | None, flag: str = "--out") -> Path:
-    """`path` as a folder we can write into (created if missing); ValueError naming `flag` if it
-    is empty, is a file, is (or lies in) a system folder (``/``, ``/etc``, ``/usr``, the home
-    folder itself ...: :func:`_system_folder`), or cannot be written."""
+def writable_dir(
+    path: str | os.PathLike | None, flag: str = "--out", *, create: bool = True
+) -> Path:
+    """`path` as a folder we can write into (created if missing, unless create=False);
+    ValueError naming `flag` if it is empty, is a file, is (or lies in) a system folder (``/``,
+    ``/etc``, ``/usr``, the home folder itself ...: :func:`_system_folder`), does not exist
+    (create=False), or cannot be written."""
     if path is None or str(path).strip() == "":
         raise ValueError(f"{flag} must name a folder, got an empty string")
     folder = Path(path)
@@ -233,6 +236,8 @@ def writable_dir(path: str | os.PathLike | None, flag: str = "--out") -> Path:
         )
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{flag} {folder} exists and is not a folder")
+    if not create and not folder.is_dir():
+        raise ValueError(f"{flag} {folder} does not exist")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -290,13 +295,17 @@ def _kind(mode: int) -> str:
     return "not a plain file"
 
 
-def open_regular(path: str | os.PathLike, what: str) -> IO[bytes]:
+def open_regular(path: str | os.PathLike, what: str, *, follow: bool = True) -> IO[bytes]:
     """`path` opened for binary reading if it is a regular file: ValueError naming `what`
-    otherwise. Opened without blocking, so a FIFO is refused instead of waiting for a writer."""
+    otherwise (with follow=False, also if `path` itself is a symbolic link). Opened without
+    blocking, so a FIFO is refused instead of waiting for a writer."""
     path = Path(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError as err:
+        if err.errno == errno.ELOOP and not follow:
+            raise ValueError(f"{what} {path} is a symbolic link: not read") from None
         raise ValueError(f"cannot read {what} {path} ({err.strerror})") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):

@@ -6,7 +6,7 @@ experiments are counted apart: an identity verified says our code is right, not 
 
 from __future__ import annotations
 
-import html
+import re
 from pathlib import Path
 
 from companion.evidence.claims import Claim, read_all
@@ -23,10 +23,17 @@ _KIND_NOUN = {
 }
 
 
-def _cell(text: str) -> str:
-    """Table cell text: HTML escaped (a Markdown renderer must not turn claim text into markup),
-    pipes escaped, one line."""
-    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ").strip()
+# what could start Markdown markup inside a table cell: images and links ([ ]), emphasis and
+# code (* _ ~ `), raw HTML, autolinks and entities (< &), math ($), the cell separator (|) and the
+# escape itself (\); ">" and "!" start nothing here (no line starts in a cell, "[" is escaped)
+_MARKDOWN = re.compile(r"([\\`*_~\[\]<|&$])")
+
+
+def _cell(text: object) -> str:
+    """Table cell text for Markdown, on one line: each character that could start markup is
+    backslash-escaped (CommonMark renders it as itself), so claim text is shown, never rendered
+    (no remote image, no link, no HTML); nothing is written as an HTML entity."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def summary(claims: list[Claim]) -> str:
