@@ -110,6 +110,18 @@ def test_full_profiles_use_at_least_five_seeds_where_seeds_exist(stem):
         ("04", {"final_samples": 1}, "final_samples must be >= 2"),
         ("04", {"preregistration": 3}, "preregistration must be a string"),
         ("07", {"profile": "tpu"}, "profile must be one of"),
+        # parameter combinations that cannot work (were late KeyErrors)
+        ("05", {"seeds": [1, 101, 201]}, "seed = 0 must be one of seeds = [1, 101, 201]"),
+        ("03", {"k_track": [4, 16, 64]}, "k = 8 must be one of k_track = [4, 16, 64]"),
+        ("03", {"entropy_coefs": [0.01, 0.1]}, "entropy_coefs must include 0.0"),
+        # sizes beyond what any profile uses
+        ("01", {"n_groups": 10**12}, "n_groups must be <= 2000000"),
+        ("02", {"groups": 10_000_000, "n": 4096}, "groups (10000000) x n (4096) x j1_values"),
+        ("04", {"final_samples": 10**9}, "final_samples must be <= 1000000"),
+        ("05", {"m_answers": 40}, "m_answers must be <= 17"),
+        ("06", {"groups": 10**12}, "groups must be <= 10000000"),
+        ("07", {"n_policies": 10**9}, "n_policies must be <= 10000000"),
+        ("07", {"flow_steps": 10**9}, "flow_steps must be <= 10000000"),
     ],
 )
 def test_bad_parameters_fail_in_the_validation_cell(tmp_path, prefix, params, message):

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def _device(name: str | None) -> str | None:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from companion.files import exclusive, writable_dir
+    from companion.files import exclusive, regular_file, writable_dir
     from companion.model import config, rl
     from companion.model.gpt import pick_device
 
@@ -164,9 +165,10 @@ def _train(args: argparse.Namespace) -> int:
         device=_device(args.device),
         **overrides,
     )
+    config.check_fits(profile, cfg)  # --n too large for the profile: refused before any work
+    if args.base is not None:  # a regular file, or one to create: never a FIFO or a device
+        regular_file(args.base, "--base", must_exist=False)
     out = writable_dir(args.out, "--out")
-    if args.base is not None and Path(args.base).is_dir():
-        raise ValueError(f"--base {args.base} is a folder; name a file")
     torch.set_num_threads(args.threads)
     with exclusive(out):
         df, times = rl.run_trial(
@@ -196,16 +198,25 @@ def _sweep(args: argparse.Namespace) -> int:
     from companion.model import sweep
 
     grid = sweep.load_grid(args.grid)
-    result = sweep.run(
-        grid,
-        out=args.out,
-        backend=args.backend,
-        workers=args.workers,
-        address=args.address,
-        gpus_per_trial=args.gpus_per_trial,
-        progress=not args.quiet,
-        **({"max_trials": args.max_trials} if args.max_trials else {}),
-    )
+    try:
+        result = sweep.run(
+            grid,
+            out=args.out,
+            backend=args.backend,
+            workers=args.workers,
+            address=args.address,
+            gpus_per_trial=args.gpus_per_trial,
+            progress=not args.quiet,
+            **({"max_trials": args.max_trials} if args.max_trials else {}),
+        )
+    except (sweep.Interrupted, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, sweep.Interrupted) else 2  # SIGINT
+        print(
+            f"error: the sweep was interrupted ({signal.Signals(signum).name}); its workers are "
+            "stopped, finished trials are kept: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 128 + signum
     print(result.summary())
     return 0 if result.ok else 1
 
@@ -256,11 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     light = bool(argv) and argv[0] in LIGHT
     args = _parser(light_only=light).parse_args(argv)
-    errors: tuple[type[Exception], ...] = (ValueError,)
+    errors: tuple[type[Exception], ...] = (ValueError, OSError)  # OSError: a full disk ...
     if not light:
         from companion.files import RunLockedError
 
-        errors = (ValueError, RunLockedError)
+        errors = (ValueError, OSError, RunLockedError)
     try:
         if args.command == "train":
             return _train(args)
@@ -274,9 +285,13 @@ def main(argv: list[str] | None = None) -> int:
             return _notebooks(args)
         if args.command == "compare-claims":
             return _compare_claims(args)
+        from companion.files import writable_dir
         from companion.repro import results_dir
 
-        results = Path(args.results) if args.results else results_dir()
+        if args.results:  # an existing folder of one's own, never / or /etc
+            results = writable_dir(args.results, "--results", create=False)
+        else:
+            results = results_dir()
         if args.command == "report":
             from companion.evidence.report import build
 
@@ -287,8 +302,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"site: {build_site(results)}")
         return 0
     except errors as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: Exception) -> str:
+    """An error as one line: an OSError as its reason and the file it names."""
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror + (f": {err.filename}" if err.filename else "")
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from companion.files import writable_dir
+
 __all__ = ["setup", "results_dir", "repo_root", "notebooks_dir", "progress"]
 
 
@@ -63,7 +65,9 @@ def results_dir() -> Path:
     """Where figures and claims.csv go: $COMPANION_RESULTS, else <repo>/results, else ./results.
 
     Relative values of $COMPANION_RESULTS are taken from the repository root (notebooks run with
-    their own folder as cwd), so `make` can pass paths like build/test-results.
+    their own folder as cwd), so `make` can pass paths like build/test-results. The folder is
+    created if missing; a file, a system folder (``/``, ``/etc``) or a folder that cannot be
+    written raises ValueError naming COMPANION_RESULTS (companion.files.writable_dir).
     """
     env = os.environ.get("COMPANION_RESULTS")
     root = repo_root()
@@ -71,7 +75,5 @@ def results_dir() -> Path:
         path = Path(env)
         if not path.is_absolute():
             path = (root or Path.cwd()) / path
-    else:
-        path = (root or Path.cwd()) / "results"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        return writable_dir(path, "COMPANION_RESULTS")
+    return writable_dir((root or Path.cwd()) / "results", "the results folder")

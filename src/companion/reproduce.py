@@ -27,13 +27,15 @@ from pathlib import Path
 import yaml
 
 from companion import profiles
-from companion.files import remove_stale_temporaries, writable_dir
+from companion.files import remove_stale_temporaries, temporary, writable_dir
 from companion.repro import notebooks_dir
 
 __all__ = ["select", "reproduce", "execute", "store_evidence"]
 
 KERNEL = "companion"
 STRIP_KEYS = "metadata.papermill cell.metadata.papermill cell.metadata.execution"
+# the folders of a results folder that the notebooks and the commands write files into
+RESULT_FOLDERS = ("notebooks", "failed", "claims", "figures", "tables", "site", "site/figures")
 
 
 def select(prefixes: str | None, folder: Path | None = None) -> list[Path]:
@@ -77,13 +79,10 @@ def _run_atomic(
     import papermill as pm
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    # a hidden name ending in .tmp.ipynb: papermill and nbstripout accept it, globs of the
-    # notebooks ("[0-9]*.ipynb") skip it, and remove_stale_temporaries knows it
-    fd, tmp_name = tempfile.mkstemp(
-        dir=final.parent, prefix=f".{final.stem}.{os.getpid()}.", suffix=".tmp.ipynb"
-    )
+    # a hidden name ending in .companion.tmp.ipynb: papermill and nbstripout accept it, globs of
+    # the notebooks ("[0-9]*.ipynb") skip it, and remove_stale_temporaries knows it
+    fd, tmp = temporary(final, suffix=".ipynb")
     os.close(fd)
-    tmp = Path(tmp_name)
     os.environ["COMPANION_RESULTS"] = str(results)
     try:
         pm.execute_notebook(
@@ -132,7 +131,8 @@ def reproduce(
         raise ValueError("--store keeps the evidence of one notebook: name one with --nb")
     root = notebooks[0].parent.parent
     results = writable_dir(results, "RESULTS").absolute()
-    remove_stale_temporaries(results)
+    # only the folders this command and the notebooks write (atomically) into, not below them
+    remove_stale_temporaries(results, *(results / sub for sub in RESULT_FOLDERS))
     started = time.perf_counter()
     for nb in notebooks:
         print(f"== {nb.stem} (profile {profile})", flush=True)
@@ -243,7 +243,7 @@ def execute(prefixes: str | None, results: str | os.PathLike = "build/execute-re
     results = Path(results)
     if not results.is_absolute():
         results = notebooks[0].parent.parent / results
-    remove_stale_temporaries(notebooks[0].parent, recursive=False)
+    remove_stale_temporaries(notebooks[0].parent)
     for nb in notebooks:
         print(f"== executing {nb.name}", flush=True)
         t0 = time.perf_counter()

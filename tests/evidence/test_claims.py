@@ -2,6 +2,7 @@
 
 import multiprocessing as mp
 
+import mistune
 import pytest
 
 from companion.evidence import claims, report, verdicts
@@ -107,13 +108,13 @@ def test_report_counts_kinds_apart_and_escapes_pipes(tmp_path):
     text = report.build(tmp_path).read_text()
     table = [ln for ln in text.splitlines() if ln.startswith("| ") and "verdict" not in ln]
     assert len(table) == 4
-    assert "x \\| y" in table[0] and "01_nb (f.png)" in table[0]
+    assert "x \\| y" in table[0] and "01\\_nb (f.png)" in table[0]
     assert table[0].endswith("| holds | - |")  # no stored deciding run of this claim
     assert (
         "1 identity: 1 hold; 1 numerical check: 1 fail; 2 experiments: 1 hold, 1 inconclusive"
         in text
     )
-    assert "[-0.1, 0.2]" in text
+    assert "\\[-0.1, 0.2\\]" in text  # Markdown-escaped: renders as [-0.1, 0.2]
 
 
 def test_report_without_claims_fails_clearly(tmp_path, capsys):
@@ -131,8 +132,10 @@ def test_report_renders_claim_text_as_text_not_markup(tmp_path):
         [claims.Claim("e", evil, "Thm 3.1", "01_nb", "identity", evil, "holds")], tmp_path
     )
     text = report.build(tmp_path).read_text()
-    assert "<img" not in text and "<script>" not in text
-    assert "&lt;img src=x" in text and "&amp;" in text
+    rendered = mistune.create_markdown(plugins=["table"])(text)
+    assert "<img" not in rendered and "<script" not in rendered  # shown as text, not markup
+    assert "&lt;img src=x" in rendered and "&lt;script&gt;" in rendered
+    assert "\\<img src=x" in text and "\\&" in text and "&lt;" not in text
 
 
 def test_fragile_rows_are_marked_and_named(capsys):
@@ -219,4 +222,4 @@ def test_report_shows_a_stored_deciding_run_beside_the_row(tmp_path):
     )
     text = report.render([ci], report.deciding_runs(tmp_path))
     row = next(ln for ln in text.splitlines() if ln.startswith("| c |"))
-    assert row.endswith("| inconclusive | holds [0.1, 0.2], 45 seeds (04_full) |")
+    assert row.endswith("| inconclusive | holds \\[0.1, 0.2\\], n = 45 (04\\_full) |")

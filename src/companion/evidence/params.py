@@ -16,18 +16,30 @@ Each method reads the current value from the notebook's namespace, raises a Valu
 the parameter when it is invalid (non-finite numbers included), and returns the normalised value.
 ``done()`` rejects names that papermill injected (the cell that starts with ``# Parameters``) but
 that the notebook does not know, and lists the valid ones.
+
+Sizes have upper bounds as well as lower ones (``maximum=``), and relations between parameters
+are checked in the same cell, on the values already validated, so that a combination that cannot
+work fails there, naming both parameters, instead of crashing cells later::
+
+    seed = p.int("seed", minimum=0)
+    p.member("seed", of="seeds")                   # the displayed seed is one of the seeds
+    p.contains("entropy_coefs", [0.0])             # the reference value is in the list
+    p.product("groups", "n", "j1_values")          # groups x n x len(j1_values) numbers at once
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from typing import Any
 
 from companion import profiles
 from companion import validation as check
 
-__all__ = ["Params", "injected_names"]
+__all__ = ["Params", "injected_names", "MAX_ELEMENTS"]
+
+MAX_ELEMENTS = 10**8  # numbers one computation of a notebook may hold at once (800 MB of float64)
+MAX_LIST = 10_000  # entries of a list parameter (k values, seeds, levels ...)
 
 
 def injected_names(namespace: dict[str, Any]) -> set[str]:
@@ -109,10 +121,14 @@ class Params:
         return self._keep(name, check.flag(self._get(name), name))
 
     # lists -----------------------------------------------------------------------------------
-    def _list(self, name: str, min_len: int) -> list[Any]:
+    def _list(self, name: str, min_len: int, max_len: int = MAX_LIST) -> list[Any]:
         value = self._get(name)
-        if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
+        if isinstance(value, (str, bytes, dict)) or not (
+            isinstance(value, Sized) and isinstance(value, Iterable)
+        ):
             raise ValueError(f"{name} must be a list, got {value!r}")
+        if len(value) > max_len:
+            raise ValueError(f"{name} must hold at most {max_len} entries, got {len(value)}")
         items = list(value)
         if len(items) < min_len:
             raise ValueError(f"{name} must hold at least {min_len} entries, got {items!r}")
@@ -179,6 +195,51 @@ class Params:
         if bad:
             raise ValueError(f"{name}: unknown entries {bad}; valid: {list(choices)}")
         return self._keep(name, items)
+
+    # relations between validated parameters -----------------------------------------------
+    def _validated(self, name: str) -> Any:
+        if name not in self.values:
+            raise ValueError(f"parameter {name!r} must be validated before a relation uses it")
+        return self.values[name]
+
+    def member(self, name: str, of: str) -> Any:
+        """The validated value of `name`, which must be one of the entries of the validated list
+        `of` (e.g. the seed a notebook displays, among the seeds it runs)."""
+        value, pool = self._validated(name), self._validated(of)
+        if value not in pool:
+            raise ValueError(f"{name} = {value!r} must be one of {of} = {pool!r}")
+        return value
+
+    def contains(self, name: str, required: Sequence[object]) -> list[Any]:
+        """The validated list `name`, which must include every entry of `required` (values the
+        notebook's comparisons use)."""
+        items = self._validated(name)
+        missing = [r for r in required if r not in items]
+        if missing:
+            raise ValueError(
+                f"{name} must include {', '.join(map(repr, missing))} (the comparisons below use "
+                f"it), got {items!r}"
+            )
+        return items
+
+    def product(self, *names: str, times: int = 1, maximum: int = MAX_ELEMENTS) -> int:
+        """The product of the validated sizes `names` (an integer, or a list's length), times
+        `times`: what one computation holds at once. ValueError naming them above `maximum`."""
+        sizes = []
+        for name in names:
+            value = self._validated(name)
+            sizes.append(len(value) if isinstance(value, list) else int(value))
+        total = times
+        for size in sizes:
+            total *= size
+        if total > maximum:
+            what = " x ".join(f"{n} ({v})" for n, v in zip(names, sizes, strict=True))
+            extra = f" x {times}" if times != 1 else ""
+            raise ValueError(
+                f"{what}{extra} = {total} numbers at once, more than the limit of {maximum}: "
+                f"lower {' or '.join(names)}"
+            )
+        return total
 
     def done(self) -> None:
         """Reject injected names the notebook does not know (the validated values stay in

@@ -6,7 +6,7 @@ experiments are counted apart: an identity verified says our code is right, not 
 
 from __future__ import annotations
 
-import html
+import re
 from pathlib import Path
 
 from companion.evidence.claims import Claim, read, read_all
@@ -23,10 +23,17 @@ _KIND_NOUN = {
 }
 
 
-def _cell(text: str) -> str:
-    """Table cell text: HTML escaped (a Markdown renderer must not turn claim text into markup),
-    pipes escaped, one line."""
-    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ").strip()
+# what could start Markdown markup inside a table cell: images and links ([ ]), emphasis and
+# code (* _ ~ `), raw HTML, autolinks and entities (< &), math ($), the cell separator (|) and the
+# escape itself (\); ">" and "!" start nothing here (no line starts in a cell, "[" is escaped)
+_MARKDOWN = re.compile(r"([\\`*_~\[\]<|&$])")
+
+
+def _cell(text: object) -> str:
+    """Table cell text for Markdown, on one line: each character that could start markup is
+    backslash-escaped (CommonMark renders it as itself), so claim text is shown, never rendered
+    (no remote image, no link, no HTML); nothing is written as an HTML entity."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def _deciding(entry: tuple[str, Claim] | None) -> str:
@@ -35,7 +42,7 @@ def _deciding(entry: tuple[str, Claim] | None) -> str:
     run, c = entry
     interval = f" {c.interval}" if c.interval else ""
     fragile = " (fragile)" if c.fragile else ""
-    return _cell(f"{c.verdict}{fragile}{interval}, {c.seeds} seeds ({run})")
+    return _cell(f"{c.verdict}{fragile}{interval}, n = {c.seeds} ({run})")
 
 
 def summary(claims: list[Claim]) -> str:
@@ -89,13 +96,15 @@ def render(claims: list[Claim], deciding: dict | None = None) -> str:
         "or deterministic computation), *empirical* (sampled runs: decided from a 95% interval",
         "over seeds or prompts; *inconclusive* when the interval contains the null). A verdict",
         "marked *fragile* has an interval edge within one standard error of its null (or of an",
-        "equivalence bound): another draw of seeds may decide otherwise.",
+        "equivalence bound): another draw of seeds may decide otherwise. *n*: the independent",
+        "replicates an interval is over (seeds; in notebook 04, paired runs over graphs, bases and",
+        "seeds).",
         "",
         "The last column gives the verdict and interval of the stored deciding run of the same",
         "claim (evidence/<run>/), where there is one: the rows of this run may be too small to",
         "decide.",
         "",
-        "| claim | kind | where the paper states it | notebook (figure) | measured | seeds "
+        "| claim | kind | where the paper states it | notebook (figure) | measured | n "
         "| 95% interval | verdict | deciding run |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

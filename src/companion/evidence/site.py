@@ -12,14 +12,22 @@ Offline only: the template's CDN scripts (require.js, MathJax, mermaid, widget m
 notebook HTML and JavaScript outputs are sanitized, and the pages carry no script of their own, so
 viewing a page requests nothing from another host (tests/test_site.py checks this in Chromium).
 Math therefore shows as its TeX source. Every text taken from the results (claim text, notebook
-file names, figure names) is escaped, in element text and in attributes.
+file names, figure names) is escaped, in element text and in attributes. A link's scheme is read
+as a browser reads it (tab, CR and LF removed anywhere, leading spaces and controls ignored), so
+``da&#x09;ta:`` is a data: link, and refused.
+
+Only regular files are read: a figure or a notebook that is a symbolic link (to ``/etc/passwd``,
+say) is never copied or rendered; figures are copied from results/figures into site/figures by
+atomic writes (a planted link there is replaced, not written through). A notebook that is not a
+valid notebook is a ValueError naming it.
 """
 
 from __future__ import annotations
 
 import html
+import os
 import re
-import shutil
+import stat
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
@@ -33,7 +41,7 @@ from nbconvert import HTMLExporter
 from companion.evidence.claims import Claim, read_all
 from companion.evidence.report import summary
 from companion.evidence.verdicts import VERDICTS
-from companion.files import atomic_write_text
+from companion.files import atomic_write, atomic_write_text, open_regular, own_folder, writable_dir
 
 __all__ = ["build_site", "claim_cells", "claim_anchor", "clean_html", "table_of_contents"]
 
@@ -111,12 +119,21 @@ _TAGS = (
 ).split()
 _DROPPED = re.compile(r"<(script|style)\b.*?</\1\s*>", flags=re.IGNORECASE | re.DOTALL)
 _NO_SOURCE = re.compile(r"<img(?![^>]*\ssrc=)[^>]*>")  # an image whose source was refused
-_SCHEME = re.compile(r"^\s*([a-zA-Z][a-zA-Z0-9+.-]*):")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+_URL_IGNORED = re.compile(r"[\t\n\r]")  # browsers drop these anywhere in a URL (WHATWG URL)
+_URL_EDGES = "".join(map(chr, range(0x21)))  # ... and C0 controls and spaces at either end
+
+
+def _as_browsers_read(url: str) -> str:
+    """`url` as a browser parses it: character references decoded (the sanitizer keeps them as
+    written), then tab, CR and LF removed, and controls and spaces stripped at either end."""
+    return _URL_IGNORED.sub("", html.unescape(url)).strip(_URL_EDGES)
 
 
 def _allowed_attribute(tag: str, name: str, value: str) -> bool:
     if name in ("class", "id", "title"):
         return True
+    value = _as_browsers_read(value) if name in ("src", "href") else value
     if name == "src":  # only embedded images: a page never fetches from anywhere
         return tag == "img" and value.startswith("data:image/")
     if name == "href":  # links are navigation, not requests; no javascript: or data: links
@@ -237,16 +254,35 @@ def _page_nav(claims: list[Claim], anchored: set[str], toc: list[tuple[int, str,
     )
 
 
+def _regular(path: Path) -> bool:
+    """Whether `path` itself (not a link's target) is a regular file."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _render_notebook(
     exporter: HTMLExporter, nb_path: Path, claims: list[Claim]
 ) -> tuple[str, set[str]]:
-    """The notebook page and the set of claim ids anchored in it."""
-    nb = nbformat.read(nb_path, as_version=4)
-    cells = claim_cells(nb, claims)
-    for cid, index in cells.items():
-        nb.cells[index].metadata.setdefault("companion_anchors", []).append(claim_anchor(cid))
-    resources = {"metadata": {"name": nb_path.stem}, "companion_css": _PAGE_CSS}
-    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    """The notebook page and the set of claim ids anchored in it; ValueError naming the file if
+    it is a symbolic link or not a valid notebook."""
+    if not _regular(nb_path):
+        raise ValueError(f"{nb_path} is not a regular file (a symbolic link?): not rendered")
+    try:
+        nb = nbformat.read(nb_path, as_version=4)
+        nbformat.validate(nb)
+        cells = claim_cells(nb, claims)
+        for cid, index in cells.items():
+            nb.cells[index].metadata.setdefault("companion_anchors", []).append(claim_anchor(cid))
+        resources = {"metadata": {"name": nb_path.stem}, "companion_css": _PAGE_CSS}
+        body, _ = exporter.from_notebook_node(nb, resources=resources)
+    except Exception as err:  # noqa: BLE001 - any broken notebook gets the same clear line
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ValueError(
+            f"{nb_path} is not a valid notebook ({type(err).__name__}: {reason}); execute it "
+            "again (make reproduce) or remove it"
+        ) from None
     nav = _page_nav(claims, set(cells), table_of_contents(body))
     return body.replace(_NAV, nav, 1), set(cells)
 
@@ -255,10 +291,16 @@ def _figure_cell(claim: Claim, figures: Path, out: Path) -> str:
     name = claim.figure
     if not name:
         return ""
-    if PurePosixPath(name).name != name or not (figures / name).is_file():
-        return f'<span class="missing">figure not found: {_esc(name)}</span>'
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(figures / name, out / "figures" / name)
+    missing = f'<span class="missing">figure not found: {_esc(name)}</span>'
+    if PurePosixPath(name).name != name or name in (".", "..") or figures.is_symlink():
+        return missing
+    try:  # a regular file in results/figures itself: a link's target is never copied
+        with open_regular(figures / name, "figure", follow=False) as f:
+            data = f.read()
+    except ValueError:
+        return missing
+    atomic_write(own_folder(out, "figures", "the site's figures folder") / name,
+                 lambda f: f.write(data))  # fmt: skip
     link = _href(f"figures/{name}")
     return f'<a href="{link}"><img class="thumb" src="{link}" alt="figure {_esc(name)}"></a>'
 
@@ -331,13 +373,13 @@ follow a claim to the cell that records it.</p>
 def build_site(results: Path, out: Path | None = None) -> Path:
     """Render results/notebooks/*.ipynb and results/claims/*.csv into `out` (default
     results/site); figures named by claims are copied to out/figures. Returns index.html."""
-    out = out or results / "site"
-    # hidden files are notebooks still being executed (companion.reproduce writes .<name>.tmp.ipynb)
+    # hidden files are notebooks still being executed (companion.reproduce writes .<name>....ipynb)
     notebooks = sorted(
         p for p in (results / "notebooks").glob("*.ipynb") if not p.name.startswith(".")
     )
     if not notebooks:
         raise ValueError(f"no executed notebooks in {results / 'notebooks'}: run make reproduce")
+    out = own_folder(results, "site", "the site folder") if out is None else writable_dir(out)
     claims = read_all(results)
     exporter = HTMLExporter(
         template_name="lab",

@@ -33,6 +33,9 @@ __all__ = [
     "DEVICES",
     "for_profile",
     "with_base",
+    "check_fits",
+    "step_bytes",
+    "MAX_STEP_BYTES",
     "build_task",
     "build_model",
 ]
@@ -44,6 +47,7 @@ MAX_NODES = 4096  # the largest DAG any profile uses is 64 nodes; these bounds r
 MAX_WIDTH = 4096
 MAX_BATCH = 65_536
 MAX_STEPS = 1_000_000
+MAX_STEP_BYTES = 16 * 2**30  # the most memory one RL step or evaluation may need (estimated)
 
 
 def _fields(obj: object, names: tuple[str, ...], **bounds) -> None:
@@ -229,6 +233,43 @@ def with_base(profile: ProfileConfig, graph: int | None = None, base: int | None
     task = profile.task if graph is None else dataclasses.replace(profile.task, seed=graph)
     pre = profile.pretrain if base is None else dataclasses.replace(profile.pretrain, seed=base)
     return dataclasses.replace(profile, task=task, pretrain=pre)
+
+
+def step_bytes(profile: ProfileConfig, cfg: RLConfig, task: DagTask) -> tuple[int, str]:
+    """An estimate of the memory of the largest batch a run of `cfg` on `profile` (and its
+    `task`) computes at once, and what that batch is: the RL step's batch_prompts x n rollouts
+    (forward and backward), or the KL estimate's kl_samples per test prompt (forward only). Per
+    token of a rollout: about 24 n_embd numbers per layer and 4 per vocabulary entry (within
+    10% of the measured peak on the ci profile)."""
+    tokens = 3 + task.max_new_tokens
+    per_token = 24 * profile.model.n_layer * profile.model.n_embd + 4 * task.vocab_size
+    itemsize = profile.model.dtype.itemsize
+    rl_rollouts = cfg.batch_prompts * cfg.n
+    kl_rollouts = cfg.kl_samples * len(task.rl_test_pairs)
+    if 2 * rl_rollouts >= kl_rollouts:
+        need, what = rl_rollouts, f"batch_prompts x n = {cfg.batch_prompts} x {cfg.n} rollouts"
+    else:
+        need = kl_rollouts // 2
+        what = f"kl_samples x test prompts = {cfg.kl_samples} x {len(task.rl_test_pairs)}"
+    return need * tokens * per_token * itemsize, what
+
+
+def check_fits(
+    profile: ProfileConfig,
+    cfg: RLConfig,
+    task: DagTask | None = None,
+    limit: int = MAX_STEP_BYTES,
+) -> None:
+    """ValueError naming the parameters if one batch of a run of `cfg` on `profile` (whose task
+    is built unless given) would need more than `limit` bytes (:func:`step_bytes`): sizes the
+    profile cannot use are refused before they reach the allocator."""
+    need, what = step_bytes(profile, cfg, task or build_task(profile.task))
+    if need > limit:
+        raise ValueError(
+            f"n, batch_prompts or kl_samples too large for this profile's model: {what} would "
+            f"need about {need / 2**30:.0f} GiB at once, more than the limit of "
+            f"{limit / 2**30:.0f} GiB; lower n, batch_prompts or kl_samples"
+        )
 
 
 def build_task(cfg: TaskConfig) -> DagTask:

@@ -7,8 +7,8 @@ notebook 04's RLOO arms in float64, a 1e-12 difference after one step reached 1e
 steps of plain SGD (and within 40-60 steps of AdamW), when a sampled token flipped and the runs
 parted (README, "Reproducible where"). Neither float64 nor rounding what is printed survives that,
 so the tiny model on the CPU computes in float64 with these kernels, which give the same bits
-under every dispatch (tests/test_portable.py runs them under ATEN_CPU_CAPABILITY=avx2 / default and
-MKL_CBWR=COMPATIBLE):
+under every dispatch (tests/model/test_portable.py runs them under ATEN_CPU_CAPABILITY=avx2 /
+default and MKL_CBWR=COMPATIBLE):
 
 * ``matmul``: the product of the operands rounded to a grid, accumulated exactly. Each operand
   is rounded to ``BITS`` = 20 significant bits relative to its largest entry (an absolute error of

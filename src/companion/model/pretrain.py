@@ -13,6 +13,7 @@ weights (`base_key`); `base_digest` names the shared base of a sweep.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from companion.files import file_lock
+from companion.files import LockUnavailableError, file_lock, regular_file
 from companion.model import checkpoint
 from companion.model.config import (
     ModelConfig,
@@ -101,6 +102,7 @@ def base_key(profile: ProfileConfig, threads: int | None = None) -> str:
 
 
 _BASE_FIELDS = {"key": str, "model": dict, "selection": dict}
+_PICKLE_SLACK = 16 * 2**20  # what a checkpoint's data.pkl may hold beyond its tensors
 
 
 def load_or_pretrain(
@@ -111,42 +113,69 @@ def load_or_pretrain(
     *,
     owned: bool = True,
     fresh: bool = False,
+    fresh_hint: bool = True,
 ) -> GPT:
     """The pretrained base model of `profile`, cached at `path` (written atomically, under a lock
     so that concurrent callers pretrain it once).
 
     A cached file of another configuration is replaced only if `owned` (the run's own default
     file); a file the user named (`owned=False`) is never overwritten: ValueError. A file that is
-    not a base checkpoint raises CheckpointError, unless `fresh`, which pretrains anew over it."""
-    path = Path(path)
+    not a base checkpoint raises CheckpointError, unless `fresh`, which pretrains anew over it if
+    it is one of this program's checkpoints (:func:`companion.model.checkpoint.is_ours`): any
+    other file is never overwritten. `path` must be a regular file or not exist. In a folder that
+    is not writable (no lock file can be made there) an existing base of this configuration is
+    read without a lock, since readers need none (writers replace the file atomically); nothing
+    is written there. `fresh_hint`: whether the caller has a --fresh flag to suggest in errors."""
+    path = regular_file(path, "base file", must_exist=False)
     key = base_key(profile)
     dev = pick_device(device, profile.model.numerics)
     task = build_task(profile.task)
-    with file_lock(path.with_name(path.name + ".lock")):
+    model = build_model(task, profile.model, torch.device("cpu"))
+    total, largest = checkpoint.state_bytes(model)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path.with_name(path.name + ".lock")))
+            writable = True
+        except LockUnavailableError:
+            writable = False
         if path.exists():
+            ours = checkpoint.is_ours(path)
+            remedy = (
+                "delete it, pass --fresh to pretrain a new base over it, or name another --base"
+                if ours and fresh_hint and writable
+                else "delete it or name another --base"
+                if fresh_hint
+                else "delete it to pretrain a new base"
+            )
             try:
                 saved = checkpoint.load(
-                    path,
-                    _BASE_FIELDS,
-                    "base checkpoint",
-                    "delete it, pass --fresh to pretrain a new base over it, or name another "
-                    "--base",
-                )
+                    path, _BASE_FIELDS, "base checkpoint", remedy,
+                    max_bytes=total + _PICKLE_SLACK, max_tensor_bytes=largest,
+                )  # fmt: skip
             except checkpoint.CheckpointError:
-                if not fresh:
+                if not (fresh and writable):
                     raise
+                if not ours:
+                    raise ValueError(
+                        f"refusing to overwrite {path} with --fresh: it is not a checkpoint "
+                        "written by this program; move it away or name another --base"
+                    ) from None
                 saved = None
             if saved is not None and saved["key"] == key:
-                model = build_model(task, profile.model, torch.device("cpu"))
-                model.load_state_dict(saved["model"])
+                checkpoint.restore(model, saved["model"], path, "base checkpoint", remedy)
                 model.eval()
                 return model.to(dev)
-            if saved is not None and not owned:
+            if saved is not None and not (owned and writable):
                 raise ValueError(
                     f"refusing to overwrite {path}: it holds a base pretrained with another "
                     "configuration (profile, threads or pretraining settings differ); name a "
                     "new --base file"
                 )
+        if not writable:
+            raise ValueError(
+                f"cannot pretrain a base into {path}: its folder is not writable; name a --base "
+                "file in a writable folder"
+            )
         model, selection = pretrain(
             task, profile.model, profile.pretrain, profile.regime, device, progress
         )

@@ -26,11 +26,13 @@ uninterrupted one. Checkpoints hold plain data only and are loaded weights-only
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ import torch
 from companion import objectives
 from companion.files import atomic_write_text, exclusive, remove_stale_temporaries, writable_dir
 from companion.model import checkpoint
-from companion.model.config import ProfileConfig, RLConfig, build_model, build_task
+from companion.model.config import ProfileConfig, RLConfig, build_model, build_task, check_fits
 from companion.model.evaluation import PathSet, RegimeRule, exact_metrics, kl_to_reference
 from companion.model.generate import answer_mask, sample_iid, sample_swor, sequence_logprob
 from companion.model.gpt import GPT, pick_device
@@ -127,6 +129,67 @@ def _rl_step(
     }
 
 
+_MAY_BE_NAN = ("test_hard_j1",)  # NaN when no test prompt is hard for the base
+
+
+@contextlib.contextmanager
+def _diverged(step: int) -> Iterator[None]:
+    """Turn the arithmetic errors of a diverged model (weights so large that products overflow,
+    sampling from probabilities that are not finite) into a ValueError naming the RL step."""
+    try:
+        yield
+    except (OverflowError, FloatingPointError) as err:
+        reason = f"{type(err).__name__}: {err}"
+    except RuntimeError as err:
+        text = str(err).splitlines()[0] if str(err) else ""
+        if not any(word in text for word in ("inf", "nan", "NaN")):
+            raise
+        reason = f"RuntimeError: {text}"
+    else:
+        return
+    raise ValueError(
+        f"RL step {step}: the model diverged ({reason}); lower lr or check the objective's "
+        "parameters"
+    ) from None
+
+
+def _check_finite(row: dict, step: int) -> None:
+    """Stop a run whose evaluation at `step` is not finite (a diverged model), naming the step
+    and the metrics, before the row reaches metrics.csv."""
+    bad = [k for k, v in row.items() if k not in _MAY_BE_NAN and not math.isfinite(v)]
+    if bad:
+        raise ValueError(
+            f"RL step {step}: the metrics {bad} are not finite; lower lr or check the "
+            "objective's parameters"
+        )
+
+
+_GENERATOR_BYTES = 2**16  # a random generator's state (5056 bytes on the CPU) fits in this
+
+
+def _load_run(path: Path, model: GPT, run: tuple[DagTask, RLConfig] | None, remedy: str) -> dict:
+    """A run checkpoint for `model` (and the task and config of `run`), its declared sizes
+    bounded by what they hold (the model, the optimizer's two moments, the generators, the
+    evaluated rows: at most 1 GiB of them without a `run`) before anything is read."""
+    total, largest = checkpoint.state_bytes(model)
+    rows = 2**30
+    if run is not None:
+        task, cfg = run
+        evaluations = cfg.steps // cfg.eval_every + 2
+        prompts = len(task.rl_train_pairs) + len(task.rl_test_pairs)
+        rows = evaluations * (prompts * 10 + len(REPORT_KS) * 2 + 40) * 32  # pickled numbers
+    saved = checkpoint.load(
+        path, _RUN_FIELDS, "run checkpoint", remedy,
+        max_bytes=3 * total + rows + 2**24, max_tensor_bytes=max(largest, _GENERATOR_BYTES),
+    )  # fmt: skip
+    if run is not None and not 0 <= saved["step"] <= run[1].steps:
+        raise checkpoint.CheckpointError(
+            f"{path} is not a usable run checkpoint (step {saved['step']} is outside 0.."
+            f"{run[1].steps}); {remedy}"
+        )
+    return saved
+
+
 def _reached(rows: list[dict], stop_gain: float | None) -> bool:
     """Whether the last evaluation's test J_1 is at least `stop_gain` above the base's (the
     evaluation at step 0): the run has passed the last level it is compared at."""
@@ -211,18 +274,20 @@ def train_rl(
     fresh: bool = False,
     until: int | None = None,
     progress: bool = True,
+    fresh_hint: bool = True,
 ) -> pd.DataFrame:
     """RL from a copy of `base` on the task of `profile` (whose regime rule marks the test
     prompts reported as hard); writes out_dir/metrics.csv, prompts.csv, checkpoint.pt and
     timings.json; resumable from the checkpoint; holds an exclusive lock on out_dir.
 
     fresh: ignore an existing checkpoint. until: stop after this step (to simulate an
-    interruption; the run can be resumed by calling again)."""
+    interruption; the run can be resumed by calling again). fresh_hint: whether the caller has
+    a --fresh flag to suggest in errors (`train` does, `sweep` does not)."""
     out = writable_dir(out_dir, "out_dir")
     task = build_task(profile.task)
     with exclusive(out):
-        remove_stale_temporaries(out, recursive=False)
-        return _train_rl(base, task, cfg, out, profile.regime, fresh, until, progress)
+        remove_stale_temporaries(out)
+        return _train_rl(base, task, cfg, out, profile.regime, fresh, until, progress, fresh_hint)
 
 
 def _train_rl(
@@ -234,6 +299,7 @@ def _train_rl(
     fresh: bool,
     until: int | None,
     progress: bool,
+    fresh_hint: bool = True,
 ) -> pd.DataFrame:
     ckpt_path, csv_path, prompts_path = (
         out / "checkpoint.pt",
@@ -253,19 +319,23 @@ def _train_rl(
     prompt_rows: dict[str, list] = {}
     start = 0
     if ckpt_path.exists() and not fresh:
-        saved = checkpoint.load(
-            ckpt_path, _RUN_FIELDS, "run checkpoint", "delete it, or pass --fresh to start over"
-        )
+        remedy = "delete it, or pass --fresh to start over" if fresh_hint else "delete it"
+        saved = _load_run(ckpt_path, model, (task, cfg), remedy)
         if saved["key"] != key:
             raise ValueError(
                 f"{ckpt_path} belongs to another run configuration (objective, sizes, seed or "
-                "threads differ); pass --fresh (fresh=True) to start over, or use another --out"
-            )
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        gen.set_state(saved["gen"])
+                "threads differ); "
+                + ("pass --fresh (fresh=True) to start over, or use another --out" if fresh_hint
+                   else "delete it, or use another output folder")
+            )  # fmt: skip
+        what = "run checkpoint"
+        checkpoint.restore(model, saved["model"], ckpt_path, what, remedy)
+        checkpoint.restore_optimizer(opt, saved["opt"], ckpt_path, what, remedy)
+        checkpoint.restore_generator(gen, saved["gen"], ckpt_path, what, remedy)
         if obj.stochastic and saved.get("obj_gen") is not None:
-            obj.generator.set_state(saved["obj_gen"])
+            checkpoint.restore_generator(
+                obj.generator, saved["obj_gen"], ckpt_path, what, remedy, "obj_gen"
+            )
         rows, prompt_rows, start = saved["rows"], saved["prompt_rows"], saved["step"]
     evaluate = _Evaluator(base, task, cfg, regime)
     timings: dict[str, float] = {}
@@ -280,9 +350,11 @@ def _train_rl(
     for step in bar:
         if step % cfg.eval_every == 0 or step == cfg.steps:
             if step > start or not rows:
-                row, per = evaluate(model, step)
+                with _diverged(step):
+                    row, per = evaluate(model, step)
                 if acc:
                     row.update({k: float(np.mean([a[k] for a in acc])) for k in acc[0]})
+                _check_finite(row, step)
                 rows.append(row)
                 for name, values in per.items():
                     prompt_rows.setdefault(name, []).extend(values)
@@ -305,7 +377,8 @@ def _train_rl(
             atomic_write_text(prompts_path, pd.DataFrame(prompt_rows).to_csv(index=False))
         if step == last or _reached(rows, cfg.stop_gain):
             break
-        acc.append(_rl_step(model, opt, task, cfg, obj, gen, timings, step))
+        with _diverged(step + 1):
+            acc.append(_rl_step(model, opt, task, cfg, obj, gen, timings, step))
     if timings:
         atomic_write_text(out / "timings.json", json.dumps(timings, indent=1))
     return pd.DataFrame(rows)
@@ -313,9 +386,12 @@ def _train_rl(
 
 def load_trained(out_dir: str | Path, profile: ProfileConfig, device: str | None = None) -> GPT:
     """The model of a run's latest checkpoint (out_dir/checkpoint.pt), loaded weights-only."""
-    saved = checkpoint.load(Path(out_dir) / "checkpoint.pt", _RUN_FIELDS, "run checkpoint")
-    model = build_model(build_task(profile.task), profile.model, torch.device("cpu"))
-    model.load_state_dict(saved["model"])
+    path = Path(out_dir) / "checkpoint.pt"
+    task = build_task(profile.task)
+    model = build_model(task, profile.model, torch.device("cpu"))
+    remedy = "rerun the training"
+    saved = _load_run(path, model, None, remedy)
+    checkpoint.restore(model, saved["model"], path, "run checkpoint", remedy)
     return model.to(pick_device(device, profile.model.numerics)).eval()
 
 
@@ -328,16 +404,22 @@ def run_trial(
     owned_base: bool = False,
     fresh: bool = False,
     progress: bool = False,
+    fresh_hint: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
     """One train run: the base of `profile` (pretrained into `base_path` unless it is there),
     then RL with `cfg` into `out_dir`. Returns (metrics, timings {"pretrain_s", "rl_s"}).
 
     owned_base: `base_path` is this run's own file (<out>/base.pt), which may be replaced when it
-    holds another configuration; a base the user named is never overwritten."""
+    holds another configuration; a base the user named is never overwritten. fresh_hint:
+    whether errors may suggest --fresh (the caller has that flag)."""
+    check_fits(profile, cfg)
     t0 = time.perf_counter()
     base = load_or_pretrain(
-        profile, base_path, cfg.device, progress=progress, owned=owned_base, fresh=fresh
-    )
+        profile, base_path, cfg.device, progress=progress, owned=owned_base, fresh=fresh,
+        fresh_hint=fresh_hint,
+    )  # fmt: skip
     t1 = time.perf_counter()
-    metrics = train_rl(base, profile, cfg, out_dir, fresh=fresh, progress=progress)
+    metrics = train_rl(
+        base, profile, cfg, out_dir, fresh=fresh, progress=progress, fresh_hint=fresh_hint
+    )
     return metrics, {"pretrain_s": t1 - t0, "rl_s": time.perf_counter() - t1}

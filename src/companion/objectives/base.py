@@ -1,7 +1,16 @@
-"""Objective base class and registry (see the package docstring for the contract)."""
+"""Objective base class and registry (see the package docstring for the contract).
+
+Parameters are checked where every caller passes: :func:`get` accepts only the keyword
+parameters of the objective's constructor (never its `generator`, which is not configuration),
+each a plain value (a finite number, a bool, a short string or None: what a grid file or a
+results table can hold), and each constructor checks its own ranges with
+:mod:`companion.validation`, so ``{eps: .nan}`` or ``{beta: .inf}`` fails with one line naming
+the parameter before any work starts.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -10,6 +19,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
+from companion import validation
+
 __all__ = [
     "Objective",
     "StdNormalized",
@@ -17,6 +28,7 @@ __all__ = [
     "register",
     "unregister",
     "get",
+    "parameters",
     "names",
     "is_binary",
     "seeded",
@@ -122,9 +134,7 @@ class StdNormalized(Objective):
     def __init__(self, eps: float | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__(generator)
         eps = self.default_eps if eps is None else eps
-        if eps < 0:
-            raise ValueError(f"{self.name}: eps must be >= 0, got {eps}")
-        self.eps = eps
+        self.eps = validation.number(eps, f"{self.name}.eps", low=0, high=1e6)
 
 
 _REGISTRY: dict[str, type[Objective]] = {}
@@ -151,12 +161,52 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def get(name: str, **params: Any) -> Objective:
-    """An instance of the objective registered as `name`, constructed with `params`."""
+def parameters(name: str) -> list[str]:
+    """The parameters that configuration may set for the objective `name` (the keyword
+    parameters of its constructor, without `generator`)."""
+    cls = _lookup(name)
+    signature = inspect.signature(cls.__init__)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        p.name
+        for p in list(signature.parameters.values())[1:]
+        if p.kind in kinds and p.name != "generator"
+    ]
+
+
+def _lookup(name: object) -> type[Objective]:
     try:
-        cls = _REGISTRY[name]
-    except KeyError:
+        return _REGISTRY[name]  # type: ignore[index]
+    except (KeyError, TypeError):
         raise ValueError(f"unknown objective {name!r}; registered: {', '.join(names())}") from None
+
+
+def _plain(value: object, where: str) -> object:
+    """A parameter value a grid file or a results table can hold: a finite number, a bool, a
+    string of at most 64 characters, or None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return validation.string(value, where, max_length=64)
+    if validation.is_number(value):
+        validation.number(value, where)
+        return value
+    raise ValueError(f"{where} must be a number, a string, True/False or None, got {value!r}")
+
+
+def get(name: str, **params: Any) -> Objective:
+    """An instance of the objective registered as `name`, constructed with `params`, which are
+    validated first (see the module docstring): ValueError naming the parameter."""
+    cls = _lookup(name)
+    allowed = parameters(name)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"objective {name} has no parameter(s) {unknown}; its parameters: "
+            f"{', '.join(allowed) or 'none'}"
+        )
+    for key, value in params.items():
+        _plain(value, f"{name}.{key}")
     return cls(**params)
 
 

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import Tensor
 
+from companion import validation
 from companion.objectives.base import Objective, StdNormalized, register
 
 
@@ -87,9 +88,8 @@ class RiskSeeking(Objective):
 
     def __init__(self, beta: float = 2.0, generator: torch.Generator | None = None) -> None:
         super().__init__(generator)
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
-        self.beta = beta
+        # above ~700, e^(beta r) overflows float64: the weights would be infinite
+        self.beta = validation.number(beta, f"{self.name}.beta", low=0, low_open=True, high=500)
 
     def _weights(self, rewards: Tensor, k: int) -> Tensor:
         n = rewards.shape[1]
@@ -118,9 +118,7 @@ class Unlikeliness(StdNormalized):
         self, beta: float = 0.25, eps: float | None = None, generator: torch.Generator | None = None
     ) -> None:
         super().__init__(eps, generator)
-        if not (math.isfinite(beta) and 0 <= beta <= 1):
-            raise ValueError(f"beta must lie in [0, 1], got {beta}")
-        self.beta = beta
+        self.beta = validation.number(beta, f"{self.name}.beta", low=0, high=1)
 
     def _weights(self, rewards: Tensor, k: int, **extra: Tensor) -> Tensor:
         n = rewards.shape[1]

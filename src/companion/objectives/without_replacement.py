@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from companion import validation
 from companion.objectives.base import Objective, register
 
 
@@ -39,9 +40,11 @@ class SworOrderedScore(Objective):
         self, baseline: float | str = "batch_loo", generator: torch.Generator | None = None
     ) -> None:
         super().__init__(generator)
-        if isinstance(baseline, str) and baseline != "batch_loo":
-            raise ValueError(f"baseline must be a number or 'batch_loo', got {baseline!r}")
-        self.baseline = baseline if isinstance(baseline, str) else float(baseline)
+        if isinstance(baseline, str):
+            validation.choice(baseline, f"{self.name}.baseline", ["batch_loo"])
+            self.baseline: float | str = baseline
+        else:
+            self.baseline = validation.number(baseline, f"{self.name}.baseline")
 
     def _weights(self, rewards: Tensor, k: int, **extra: Tensor) -> Tensor:
         probs = extra["logprobs"][:, :k].exp()

@@ -58,7 +58,9 @@ def test_no_checkpoint_file_runs_code_or_crashes_unclearly(tmp_path, capsys):
         # as a named --base file
         rc = cli.main([*SMOKE_ARGS, "--out", str(out), "--base", str(path)])
         err = capsys.readouterr().err
-        assert rc == 2 and str(path) in err and "--fresh" in err, (what, err)
+        # none of them is a checkpoint of ours, which --fresh would refuse to overwrite
+        assert rc == 2 and str(path) in err and "name another --base" in err, (what, err)
+        assert "--fresh" not in err, (what, err)
         # as the run's own checkpoint
         out.mkdir(exist_ok=True)
         shutil.copy(path, out / "checkpoint.pt")
@@ -71,7 +73,7 @@ def test_no_checkpoint_file_runs_code_or_crashes_unclearly(tmp_path, capsys):
 
 def test_fresh_recovers_from_a_bad_base_file(tmp_path, capsys):
     bad = tmp_path / "base.pt"
-    bad.write_bytes(os.urandom(100))
+    checkpoint.save(bad, {"key": 1, "model": {"w": torch.ones(2)}})  # ours, but not a base
     assert cli.main([*SMOKE_ARGS, "--out", str(tmp_path / "o"), "--base", str(bad)]) == 2
     capsys.readouterr()
     assert cli.main([*SMOKE_ARGS, "--out", str(tmp_path / "o"), "--base", str(bad), "--fresh"]) == 0
@@ -161,8 +163,8 @@ def test_bad_output_folders_are_refused_before_any_work(tmp_path, capsys, kind):
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".metrics.csv.{dead.pid}.abc123.tmp"
-    live = tmp_path / f".metrics.csv.{os.getpid()}.def456.tmp"
+    stale = tmp_path / f".metrics.csv.{dead.pid}.abc12345.companion.tmp"
+    live = tmp_path / f".metrics.csv.{os.getpid()}.def45678.companion.tmp"
     stale.write_text("half")
     live.write_text("in progress")
     assert files.remove_stale_temporaries(tmp_path) == [stale]
