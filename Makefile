@@ -8,10 +8,11 @@ STAMP   := $(VENV)/.deps-installed
 PROFILE ?= ci
 NB      ?=
 RESULTS ?= results
+RESUME  ?=
 
-# PROFILE, NB and RESULTS reach the recipes only as environment variables ("$$PROFILE" below):
+# PROFILE, NB, RESULTS and RESUME reach the recipes only as environment variables ("$$PROFILE" below):
 # the shell never parses their values, and python -m companion validates them.
-export PROFILE NB RESULTS
+export PROFILE NB RESULTS RESUME
 
 # Determinism: one thread for every BLAS/OpenMP pool, fixed hash seed, no progress bars in stored outputs.
 export OMP_NUM_THREADS=1
@@ -27,7 +28,7 @@ NBVAL     := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanit
 .PHONY: venv test lint unit nbval test-dispatch execute reproduce html lab clean help
 
 help:
-	@echo "make reproduce [PROFILE=ci|full] [NB=01] [RESULTS=dir]  execute notebooks into results/"
+	@echo "make reproduce [PROFILE=ci|full|gpu] [NB=01] [RESULTS=dir] [RESUME=1]  execute notebooks into results/"
 	@echo "make test                    ruff + pytest (incl. benchmark quick modes) + nbval (CI)"
 	@echo "make test-dispatch           after make test: nbval of 04 and 06 under AVX2 kernels (CI)"
 	@echo "make execute [NB=01]         regenerate the stored notebook outputs (ci profile)"
@@ -78,8 +79,10 @@ execute: $(STAMP)
 	$(BIN)/python -m companion execute --nb "$$NB"
 
 # Executed copies go to $RESULTS/notebooks (atomically); the stored notebooks are never touched.
+# RESUME=1 keeps the sweep trials an interrupted run of the same command finished.
 reproduce: $(STAMP)
-	$(BIN)/python -m companion reproduce --profile "$$PROFILE" --nb "$$NB" --results "$$RESULTS"
+	$(BIN)/python -m companion reproduce --profile "$$PROFILE" --nb "$$NB" --results "$$RESULTS" \
+	  --resume "$$RESUME"
 
 # A static site of the executed notebooks (run make reproduce first).
 html: $(STAMP)

@@ -85,3 +85,21 @@ def test_a_planted_lock_link_is_refused_by_the_sweep(tmp_path, capsys, planted_l
     assert cli.main(["sweep", str(grid), "--out", str(out), "--quiet"]) == 2
     assert "is a symbolic link: refusing to use it as a lock" in capsys.readouterr().err
     assert victim.read_text() == "precious" and not (out / "bases").exists()
+
+
+def test_resume_keeps_the_trials_of_notebooks_that_run_sweeps_only():
+    from companion import reproduce
+
+    root = repro.repo_root()
+    nb04 = next((root / "notebooks").glob("04_*.ipynb"))
+    nb01 = next((root / "notebooks").glob("01_*.ipynb"))
+    assert reproduce.RESUME_PARAMETER not in reproduce._params("full", nb04, root)
+    resumed = reproduce._params("full", nb04, root, resume=True)
+    assert resumed[reproduce.RESUME_PARAMETER] is True
+    assert resumed["profile"] == "full"  # the profile file's values stay
+    assert reproduce.RESUME_PARAMETER not in reproduce._params("ci", nb01, root, resume=True)
+
+
+def test_a_resume_value_other_than_0_or_1_is_refused():
+    proc = _companion("reproduce", "--nb", "01", "--resume", "yes")
+    assert proc.returncode == 2 and "--resume: invalid choice: 'yes'" in proc.stderr

@@ -58,6 +58,10 @@ def _light_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--store", default=None, help="keep one notebook's run as evidence in this folder"
     )
+    r.add_argument(
+        "--resume", nargs="?", const="1", default="", choices=["", "0", "1"],
+        help="keep the sweep trials that an interrupted run of the same command finished",
+    )  # fmt: skip
     e = sub.add_parser("execute", help="regenerate the stored notebook outputs (make execute)")
     e.add_argument("--nb", default="", help="notebook prefixes (default: all)")
     rep = sub.add_parser("report", help="build REPORT.md from results/claims/ and print it")
@@ -226,7 +230,10 @@ def _notebooks(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "reproduce":
-            print(reproduce(args.profile, args.nb, args.results, args.store).read_text())
+            report = reproduce(
+                args.profile, args.nb, args.results, args.store, resume=args.resume == "1"
+            )
+            print(report.read_text())
         else:
             execute(args.nb)
     except Exception as err:  # papermill is imported lazily, so match its error by name

@@ -105,13 +105,22 @@ def _run_atomic(
         raise
 
 
-def _params(profile: str, stem: str, root: Path) -> dict:
-    path = root / "params" / profile / f"{stem}.yaml"
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text()) or {}
+RESUME_PARAMETER = "reuse_runs"  # a notebook with this parameter keeps finished trials if True
+
+
+def _params(profile: str, nb: Path, root: Path, resume: bool = False) -> dict:
+    """The parameters papermill injects: params/<profile>/<stem>.yaml, and with `resume`
+    RESUME_PARAMETER = True where the notebook has it (its finished sweep trials are kept)."""
+    path = root / "params" / profile / f"{nb.stem}.yaml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of parameter names to values")
+    if resume:
+        import papermill as pm
+
+        if RESUME_PARAMETER in pm.inspect_notebook(str(nb)):
+            data = {**data, RESUME_PARAMETER: True}
     return data
 
 
@@ -120,10 +129,12 @@ def reproduce(
     prefixes: str | None,
     results: str | os.PathLike,
     store: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> Path:
     """Run the selected notebooks at `profile` into `results` (see the module docstring), then
     write results/REPORT.md and return its path. With `store`, one notebook's run is also kept as
-    evidence there (:func:`store_evidence`)."""
+    evidence there (:func:`store_evidence`). With `resume`, notebooks that run sweeps keep the
+    trials an interrupted run of the same command finished (a fresh run deletes them)."""
     if profile not in profiles.PROFILES:
         raise ValueError(f"unknown PROFILE {profile!r}; use one of {', '.join(profiles.PROFILES)}")
     notebooks = select(prefixes)
@@ -140,7 +151,7 @@ def reproduce(
         _run_atomic(
             nb,
             results / "notebooks" / nb.name,
-            _params(profile, nb.stem, root),
+            _params(profile, nb, root, resume),
             results,
             results / "failed",
         )
