@@ -194,8 +194,9 @@ def store_evidence(results: Path, dest: Path, notebook: Path, command: str, wall
 
     stem = notebook.stem
     prefix = stem.split("_")[0]
-    staging = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None,
-                                    prefix=f".{dest.name}.{os.getpid()}."))  # fmt: skip
+    dest = Path(dest).absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)  # staging beside dest: one rename at the end
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.{os.getpid()}."))
     try:
         shutil.copyfile(results / "notebooks" / notebook.name, staging / notebook.name)
         shutil.copyfile(results / "claims" / f"{stem}.csv", staging / "claims.csv")
