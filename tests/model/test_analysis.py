@@ -146,3 +146,18 @@ def test_the_preregistration_is_read_strictly(tmp_path):
     path.write_text(yaml.safe_dump(missing))
     with pytest.raises(ValueError, match=r"missing key\(s\) \['kl_trained'\]"):
         preregistration.load(path)
+
+
+@pytest.mark.parametrize(
+    ("draws", "unit"), [(1, "Student t over bases"), (2, "6 draws of 3 bases")]
+)
+def test_the_gradient_check_names_what_its_interval_is_over(draws, unit):
+    pre = preregistration.load(PREREG)
+    rng = np.random.default_rng(0)
+    fits = pd.DataFrame(
+        [{"graph": 1, "base": b, "draw": d, "slope": 1 + rng.normal(0, 0.01),
+          "intercept": rng.normal(0, 0.01)} for b in range(3) for d in range(draws)]
+    )  # fmt: skip
+    decided = analysis.decide_grad_check(fits, pre)
+    assert all(unit in d.method and d.seeds == 3 * draws for d in decided.values())
+    assert decided["slope"].verdict == "holds"

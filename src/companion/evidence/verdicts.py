@@ -169,7 +169,7 @@ class Decision:
             return f"{self.statistic}: {self.estimate:.4g} ({self.method}) -> {self.verdict}"
         return (
             f"{self.statistic}: {self.estimate:.4g}, {round(100 * self.confidence)}% CI "
-            f"{self.interval} vs claim {side} {self.null:g} ({self.method}, {self.seeds} seeds) "
+            f"{self.interval} vs claim {side} {self.null:g} ({self.method}, n = {self.seeds}) "
             f"-> {self.verdict}"
         )
 
@@ -285,8 +285,10 @@ def mean_over_seeds(
     confidence: float = 0.95,
     statistic: str = "mean over seeds",
     min_seeds: int = MIN_SEEDS,
+    unit: str = "seeds",
 ) -> Decision:
-    """Student t interval of the mean of one value per independent seed:
+    """Student t interval of the mean of one value per independent seed (or other independent
+    `unit`: bases, draws; the method names it):
 
         mean +- t_{(1+confidence)/2, s-1} * sd / sqrt(s),   sd with ddof = 1,
 
@@ -310,7 +312,7 @@ def mean_over_seeds(
         float(null),
         direction,
         len(x),
-        "Student t over seeds",
+        f"Student t over {unit}",
         confidence,
     )
 
@@ -605,6 +607,7 @@ def equivalence(
     confidence: float = 0.95,
     statistic: str = "mean over seeds",
     min_seeds: int = MIN_SEEDS,
+    unit: str = "seeds",
 ) -> Decision:
     """An equivalence claim, "the statistic equals `target` within +- `margin`" (margin fixed in
     advance), by interval inclusion (Schuirmann's two one-sided tests; the 95% interval used here
@@ -618,8 +621,9 @@ def equivalence(
     if not (math.isfinite(margin) and margin > 0):
         raise ValueError(f"margin must be finite and > 0, got {margin}")
     d = mean_over_seeds(
-        values, null=target, confidence=confidence, statistic=statistic, min_seeds=min_seeds
-    )
+        values, null=target, confidence=confidence, statistic=statistic, min_seeds=min_seeds,
+        unit=unit,
+    )  # fmt: skip
     lo_band, hi_band = target - margin, target + margin
     if lo_band <= d.low and d.high <= hi_band:
         verdict = "holds"

@@ -245,13 +245,16 @@ def decide_grad_check(fits: pd.DataFrame, prereg: Preregistration) -> dict[str, 
     g = prereg.grad_check
     conf = 1 - 2 * g.alpha
     k = g.k
+    bases = len(fits[["graph", "base"]].drop_duplicates()) if "graph" in fits else len(fits)
+    unit = "bases" if bases == len(fits) else f"{len(fits)} draws of {bases} bases"
     return {
         "slope": vd.equivalence(
             fits.slope.to_numpy(), target=1.0, margin=g.margin_slope, confidence=conf,
             statistic=f"slope of log(|mean grad pkpo_loo| / |mean grad RLOO|) on log alpha_{k}",
+            unit=unit,
         ),
         "intercept": vd.equivalence(
             fits.intercept.to_numpy(), target=0.0, margin=g.margin_intercept, confidence=conf,
-            statistic=f"intercept of that line (log ratio where alpha_{k} = 1)",
+            statistic=f"intercept of that line (log ratio where alpha_{k} = 1)", unit=unit,
         ),
     }  # fmt: skip
