@@ -120,6 +120,14 @@ def test_conjunction_branches():
         v.conjunction([])
 
 
+def test_a_conjunction_of_checks_without_values_describes_its_parts():
+    parts = [v.exact(True, statistic="symbolic residuals"), v.exact(False, statistic="autograd")]
+    text = v.conjunction(parts).describe()
+    assert "nan" not in text
+    assert "symbolic residuals (exact) -> holds" in text and "autograd (exact) -> fails" in text
+    assert text.endswith("-> partly")
+
+
 def test_equivalence_branches():
     inside = v.equivalence([0.95, 0.97, 0.99], target=1.0, margin=0.25)
     outside = v.equivalence([0.2, 0.25, 0.3], target=1.0, margin=0.25)

@@ -166,6 +166,8 @@ class Decision:
         if self.kind != "empirical":
             if self.band is not None and self.verdict == "holds":  # a within() check
                 return f"{self.statistic} < {self.band:g} ({self.method}) -> {self.verdict}"
+            if not math.isfinite(self.estimate):  # a check without a value (exact(ok))
+                return f"{self.statistic} ({self.method}) -> {self.verdict}"
             return f"{self.statistic}: {self.estimate:.4g} ({self.method}) -> {self.verdict}"
         return (
             f"{self.statistic}: {self.estimate:.4g}, {round(100 * self.confidence)}% CI "
@@ -655,14 +657,17 @@ def alternatives(claim: Decision, rival: Decision) -> Decision:
     )
 
 
-def conjunction(parts: Sequence[Decision], statistic: str = "all parts") -> Decision:
+def conjunction(parts: Sequence[Decision], statistic: str | None = None) -> Decision:
     """A claim made of several parts: holds if every part holds; partly if some part fails and
     another holds (or a part is itself partly); fails if some part fails and none holds;
     inconclusive otherwise (some part undecided, none failing). The kind is the weakest of the
     parts (empirical > numerical > identity), seeds the smallest, and the interval that of the
-    first undecided or failing empirical part (else the first part)."""
+    first undecided or failing empirical part (else the first part). The statistic defaults to
+    every part's own description."""
     if not parts:
         raise ValueError("conjunction needs at least one part")
+    if statistic is None:
+        statistic = "all of [" + "; ".join(p.describe() for p in parts) + "]"
     verdicts = [p.verdict for p in parts]
     if all(v == "holds" for v in verdicts):
         verdict = "holds"
