@@ -3,6 +3,7 @@ stored outputs, progress bars kept out of them, and that nbval can fail."""
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,36 @@ def test_papermill_sees_every_parameter(nb):
         for target in node.targets
     }
     assert assigned == set(pm.inspect_notebook(str(nb)))
+
+
+# In a cell's code (strings and comments removed): a comparison with a decimal number, or the
+# pass@k form 1 - (1 - p) ** k. Thresholds are parameters or named in the library, and pass@k
+# comes from companion.theory.passk.
+_THRESHOLD = re.compile(r"(?<![=!<>])[<>]=?\s*-?(\d*\.\d+|\d+e-?\d+)")
+_PASSK_FORM = re.compile(r"1\s*-\s*\(\s*1\s*-\s*[^()]+\)\s*\*\*")
+_STRING = re.compile(r"[rbfu]*(\"[^\"\n]*\"|'[^'\n]*')")
+
+
+def _code_without_strings(source: str) -> list[str]:
+    return [_STRING.sub('""', line).split("#")[0] for line in source.splitlines()]
+
+
+def test_the_threshold_and_formula_patterns_can_fail():
+    assert _THRESHOLD.search("ok = err < 0.01") and _PASSK_FORM.search("j = 1 - (1 - p) ** k")
+    assert not any(_THRESHOLD.search(ln) for ln in _code_without_strings('x = f"cos < 0.99"'))
+    assert not any(_THRESHOLD.search(ln) for ln in _code_without_strings("y = 1  # p < 0.5"))
+    assert not _THRESHOLD.search("keep = a >= b") and not _THRESHOLD.search("n > 2")
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_cell_holds_a_threshold_or_a_passk_formula(nb):
+    offenders = [
+        line.strip()
+        for cell in code_cells(nb)[2:]  # after the parameters and their validation
+        for line in _code_without_strings("".join(cell["source"]))
+        if _THRESHOLD.search(line) or _PASSK_FORM.search(line)
+    ]
+    assert not offenders, offenders
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
