@@ -269,7 +269,8 @@ def test_notebook_06_variant_is_a_working_objective_equal_to_the_library_one():
         for c in code_cells(nb)
         if "@objectives.register" in "".join(c["source"])
     )
-    namespace = {"beta_rank": 0.25, "seed": 0}
+    namespace = {}  # the notebook's parameters (its defaults), then the cell
+    exec(compile("".join(code_cells(nb)[0]["source"]), str(nb), "exec"), namespace)  # noqa: S102
     exec(compile(source, str(nb), "exec"), namespace)  # noqa: S102 - our own notebook's cell
     try:
         obj = objectives.get("my_unlikeliness")
