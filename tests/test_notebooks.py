@@ -82,6 +82,30 @@ def test_no_cell_holds_a_threshold_or_a_passk_formula(nb):
     assert not offenders, offenders
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.)\]>])/[A-Za-z_][\w.-]*/[\w./-]+")
+
+
+def test_the_absolute_path_pattern_can_fail():
+    assert _ABSOLUTE_PATH.search("pre-registration /work/main/params/x.yaml: 12 rows")
+    assert not _ABSOLUTE_PATH.search("<results>/tables/04_runs.csv, k/(k + 1), 1/2")
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_compared_outputs_name_no_folder_of_this_machine(nb):
+    """nbval compares every output not marked NBVAL_IGNORE_OUTPUT: an absolute path there would
+    fail in any other checkout."""
+    found = [
+        m.group(0)
+        for cell in code_cells(nb)
+        if "NBVAL_IGNORE_OUTPUT" not in "".join(cell["source"])
+        for out in cell["outputs"]
+        for m in _ABSOLUTE_PATH.finditer(
+            "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+        )
+    ]
+    assert not found, found
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_stored_outputs_complete_and_clean(nb):
     data = json.loads(nb.read_text())

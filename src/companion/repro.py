@@ -14,7 +14,7 @@ import numpy as np
 
 from companion.files import writable_dir
 
-__all__ = ["setup", "results_dir", "repo_root", "notebooks_dir", "progress"]
+__all__ = ["setup", "results_dir", "repo_root", "notebooks_dir", "progress", "shown_path"]
 
 
 def setup(seed: int = 0, threads: int = 1) -> np.random.Generator:
@@ -47,6 +47,17 @@ def repo_root() -> Path | None:
     """The checkout root when the package is installed in editable (src/) layout, else None."""
     root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() else None
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """`path` as a stored output may print it: relative to the checkout when inside it (an
+    absolute path names this machine's folders, and nbval on another checkout would differ),
+    else as given."""
+    root = repo_root()
+    resolved = Path(path).resolve()
+    if root is not None and resolved.is_relative_to(root):
+        return resolved.relative_to(root).as_posix()
+    return str(path)
 
 
 def notebooks_dir() -> Path:
