@@ -142,7 +142,7 @@ def _objective(objective: str, params: dict[str, Any]) -> objectives.Objective:
         raise ValueError(f"{name} is not supported in verl: it needs {need}")
     try:
         return objectives.get(objective, **params)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # the registry validates parameters first
         raise ValueError(
             f"{name}: bad parameter in algorithm.{CONFIG_KEY} ({', '.join(params)}): {err}"
         ) from None
