@@ -15,7 +15,7 @@ __all__ = ["PROFILES", "DEFAULT", "check"]
 PROFILES: dict[str, str] = {
     "smoke": "seconds: unit tests and the seed-robustness reruns",
     "ci": "the default: minutes on a CPU; the stored notebook outputs, nbval and CI",
-    "full": "the deciding runs: about an hour on a 2-core CPU, minutes on a GPU or a Ray cluster",
+    "full": "the deciding runs: notebook 04 took 32 minutes on a 2-core CPU",
     "gpu": "one GPU: a larger graph and model in float32 (not portable across machines)",
 }
 DEFAULT = "ci"
