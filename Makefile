@@ -11,7 +11,7 @@ RESULTS ?= results
 RESUME  ?=
 
 # PROFILE, NB, RESULTS and RESUME reach the recipes only as environment variables ("$$PROFILE" below):
-# the shell never parses their values, and python -m companion validates them.
+# the shell never parses their values, and python -m passk_companion validates them.
 export PROFILE NB RESULTS RESUME
 
 # Determinism: one thread for every BLAS/OpenMP pool, fixed hash seed, no progress bars in stored outputs.
@@ -39,7 +39,7 @@ venv: $(STAMP)
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -e .
-	$(BIN)/python -c "from companion.lab import ensure_kernel; ensure_kernel()"
+	$(BIN)/python -c "from passk_companion.lab import ensure_kernel; ensure_kernel()"
 	touch $@
 
 lint: $(STAMP)
@@ -48,13 +48,13 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collects nothing: treat that as "nothing to check", not a failure.
 unit: $(STAMP)
-	COMPANION_RESULTS=build/test-results MPLBACKEND=Agg $(BIN)/python -m pytest -q -rs -n 2 tests; \
+	PASSK_COMPANION_RESULTS=build/test-results MPLBACKEND=Agg $(BIN)/python -m pytest -q -rs -n 2 tests; \
 	  rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 nbval: $(STAMP)
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "no notebooks to check"; else \
 	  rm -rf build/test-results/claims; \
-	  COMPANION_RESULTS=build/test-results $(BIN)/python -m pytest -q -n 2 --dist loadfile \
+	  PASSK_COMPANION_RESULTS=build/test-results $(BIN)/python -m pytest -q -n 2 --dist loadfile \
 	    $(NBVAL) -o testpaths= $(NOTEBOOKS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc; fi
 
 # Another CPU's kernels, emulated from outside (the library never sets these variables): nbval
@@ -66,9 +66,9 @@ test-dispatch: $(STAMP)
 	@test -d build/test-results/claims || { echo "run make nbval (or make test) first"; exit 2; }
 	rm -rf build/test-results-dispatch
 	ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 \
-	  COMPANION_RESULTS=build/test-results-dispatch $(BIN)/python -m pytest -q -n 2 \
+	  PASSK_COMPANION_RESULTS=build/test-results-dispatch $(BIN)/python -m pytest -q -n 2 \
 	  --dist loadfile $(NBVAL) -o testpaths= $(DISPATCH_NOTEBOOKS)
-	$(BIN)/python -m companion compare-claims build/test-results build/test-results-dispatch \
+	$(BIN)/python -m passk_companion compare-claims build/test-results build/test-results-dispatch \
 	  --nb "04 06"
 
 test: lint unit nbval
@@ -76,21 +76,21 @@ test: lint unit nbval
 # Stored outputs are produced only here: papermill at the default (ci) profile through a
 # temporary file, then papermill's volatile metadata stripped (outputs and counts kept for nbval).
 execute: $(STAMP)
-	$(BIN)/python -m companion execute --nb "$$NB"
+	$(BIN)/python -m passk_companion execute --nb "$$NB"
 
 # Executed copies go to $RESULTS/notebooks (atomically); the stored notebooks are never touched.
 # RESUME=1 keeps the sweep trials an interrupted run of the same command finished.
 reproduce: $(STAMP)
-	$(BIN)/python -m companion reproduce --profile "$$PROFILE" --nb "$$NB" --results "$$RESULTS" \
+	$(BIN)/python -m passk_companion reproduce --profile "$$PROFILE" --nb "$$NB" --results "$$RESULTS" \
 	  --resume "$$RESUME"
 
 # A static site of the executed notebooks (run make reproduce first).
 html: $(STAMP)
-	$(BIN)/python -m companion html --results "$$RESULTS"
+	$(BIN)/python -m passk_companion html --results "$$RESULTS"
 
 # JupyterLab on notebooks/ with the project's kernel (registered inside .venv).
 lab: $(STAMP)
-	$(BIN)/python -m companion.lab
+	$(BIN)/python -m passk_companion.lab
 
 clean:
 	rm -rf $(VENV) build
@@ -111,5 +111,5 @@ $(ISTAMP): requirements.txt constraints.txt pyproject.toml
 	touch $@
 
 test-integrations: $(ISTAMP)
-	COMPANION_REQUIRE_INTEGRATIONS=1 COMPANION_RESULTS=build/test-results-integrations \
+	PASSK_COMPANION_REQUIRE_INTEGRATIONS=1 PASSK_COMPANION_RESULTS=build/test-results-integrations \
 	  MPLBACKEND=Agg $(IVENV)/bin/python -m pytest -q -rs tests/integrations

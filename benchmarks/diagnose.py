@@ -1,11 +1,11 @@
-"""Benchmark: the pass@k diagnostic (companion.integrations.diagnostics) on 10^6 rollouts.
+"""Benchmark: the pass@k diagnostic (passk_companion.integrations.diagnostics) on 10^6 rollouts.
 
 1. `diagnose` on arrays: 125,000 prompts x n = 8 rollouts with 0/1 rewards (every k of
    1, 2, 4, 8: pass@k, J_1, alpha_k, the shares), then its bootstrap interval over prompts,
    against a per-group Python loop of the same quantities (math.comb for pass@k), timed on a
    subset of groups in the same run and scaled linearly (the loop is O(groups x k)).
 2. Ragged groups (n from 2 to 16) and real-valued rewards (max@k), the same way.
-3. `python -m companion diagnose` end to end (in this process) on a CSV of the rollouts with a
+3. `python -m passk_companion diagnose` end to end (in this process) on a CSV of the rollouts with a
    step column: reading, the curve, the interval, the trend, the JSON.
 
 Prints rollouts per second and the speed-up over the loop (nothing is asserted). Run:
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from companion import cli
-from companion.integrations import diagnostics
+from passk_companion import cli
+from passk_companion.integrations import diagnostics
 
 
 def loop_diagnostic(groups: list[list[float]], ks: list[int]) -> np.ndarray:

@@ -24,9 +24,9 @@ import time
 import numpy as np
 import torch
 
-from companion import objectives
-from companion.objectives.passk_family import PKPO, max_at_k_weights
-from companion.theory.passk import pass_at_k_unbiased
+from passk_companion import objectives
+from passk_companion.objectives.passk_family import PKPO, max_at_k_weights
+from passk_companion.theory.passk import pass_at_k_unbiased
 
 
 def loop_estimator(n: int, c: int, k: int) -> float:

@@ -15,15 +15,15 @@ What is timed, on both sides: the RL steps only, each from the start of sampling
 its optimizer step, summed over the steps (not setup, pretraining, model building, evaluation).
   * TRL: a callback from on_step_begin to on_step_end (generation, rewards, advantages, forward,
     backward, clipping, optimizer step);
-  * companion: the step phases `rl.train_rl` writes to timings.json (sampling, verification,
+  * passk_companion: the step phases `rl.train_rl` writes to timings.json (sampling, verification,
     weights, forward + backward + clipping + optimizer step), for a run with no evaluation between.
 Wall-clock time; and CPU time of this process as well where timings.json records it ("cpu"),
 which a shared machine disturbs much less (TRL's is taken in the same callback). After --warmup
 uncounted repetitions, each of --repeats repetitions trains both, one after the other in this
 process; printed: steps/s and rollout tokens/s of each, each repetition's ratio, and the median
 ratio with its spread (min-max). Only ratios from one run mean anything.
-Also checked, on the rewards TRL computed: `companion.objectives.get("grpo")` weights x n equal
-TRL's advantages (scale_rewards="group"), and `dr_grpo` weights x n for scale_rewards="none".
+Also checked, on the rewards TRL computed: `passk_companion.objectives.get("grpo")` weights x n
+equal TRL's advantages (scale_rewards="group"), and `dr_grpo` weights x n for scale_rewards="none".
 
 Run: `.venv-bench/bin/python benchmarks/peer_trl.py [--steps 10] [--repeats 5] [--warmup 1]
 [--profile ci] [--init pretrained|fresh] [--base FILE]`; `--quick`: smoke profile, fresh model,
@@ -45,9 +45,9 @@ from pathlib import Path
 
 import torch
 
-from companion import objectives
-from companion.model import config, pretrain, rl
-from companion.model.gpt import GPT
+from passk_companion import objectives
+from passk_companion.model import config, pretrain, rl
+from passk_companion.model.gpt import GPT
 
 try:  # the optional bench extra
     from datasets import Dataset

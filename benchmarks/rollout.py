@@ -12,7 +12,7 @@
    (elementwise, reductions, copies), and in per-op framework overhead (the rest: Python, the
    dispatcher, autograd bookkeeping), with the number of tensor operations each runs.
 4. Numerics: the RL step time of the CPU profiles' portable float64 kernels
-   (companion.model.portable: the same bits on every CPU) against torch's float32 kernels, on
+   (passk_companion.model.portable: the same bits on every CPU) against torch's float32 kernels, on
    the same model (cast), prompts and seed in the same run; ratio printed.
 5. --estimate: time a few pretraining and RL steps of the `gpu` profile on this machine and
    extrapolate one whole run (an estimate, not a measurement).
@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from companion.model import config, gpt, pretrain, rl
-from companion.model.generate import answer_mask, sample_iid, sequence_logprob
+from passk_companion.model import config, gpt, pretrain, rl
+from passk_companion.model.generate import answer_mask, sample_iid, sequence_logprob
 
 MATRIX_KERNELS = {
     "aten::mm",
@@ -81,7 +81,7 @@ def kernel_split(fn) -> tuple[float, float, float, int]:
 def with_numerics(model, numerics: str):
     """A copy of `model` that computes with `numerics` ("portable": float64 weights and the
     portable kernels; "float32": torch's kernels in float32)."""
-    from companion.model.gpt import GPT
+    from passk_companion.model.gpt import GPT
 
     twin = GPT(dataclasses.replace(model.cfg, portable=numerics == "portable"))
     twin.to(torch.float64 if numerics == "portable" else torch.float32)

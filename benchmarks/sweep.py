@@ -1,4 +1,4 @@
-"""Benchmark: trials per second of `companion sweep` with 1 and with 2 local workers.
+"""Benchmark: trials per second of `passk-companion sweep` with 1 and with 2 local workers.
 
 The same grid of smoke-profile trials runs twice into fresh folders, once per worker count, after
 the shared base has been pretrained once (its file is copied in, so only the trials are timed).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from companion.model import config, pretrain, sweep
+from passk_companion.model import config, pretrain, sweep
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ import matplotlib
 import pytest
 
 matplotlib.use("Agg")
-os.environ.setdefault("COMPANION_RESULTS", "build/test-results")
+os.environ.setdefault("PASSK_COMPANION_RESULTS", "build/test-results")
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion import cli, files
-from companion.model import checkpoint, config, pretrain
+from passk_companion import cli, files
+from passk_companion.model import checkpoint, config, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = config.for_profile("smoke")
@@ -110,7 +110,7 @@ def test_a_second_run_into_the_same_folder_fails_at_once(tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "import sys, time; from companion import files\n"
+            "import sys, time; from passk_companion import files\n"
             "with files.exclusive(sys.argv[1]):\n"
             "    print('held', flush=True); time.sleep(60)",
             str(out),
@@ -163,8 +163,8 @@ def test_bad_output_folders_are_refused_before_any_work(tmp_path, capsys, kind):
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".metrics.csv.{dead.pid}.abc12345.companion.tmp"
-    live = tmp_path / f".metrics.csv.{os.getpid()}.def45678.companion.tmp"
+    stale = tmp_path / f".metrics.csv.{dead.pid}.abc12345.passk_companion.tmp"
+    live = tmp_path / f".metrics.csv.{os.getpid()}.def45678.passk_companion.tmp"
     stale.write_text("half")
     live.write_text("in progress")
     assert files.remove_stale_temporaries(tmp_path) == [stale]
@@ -238,8 +238,8 @@ def test_reproduce_into_an_absolute_folder_from_a_checkout_with_a_space(tmp_path
     venv = ROOT / ".venv"
     keep = f"--old-file={venv / '.deps-installed'}"  # never reinstall the shared venv from the copy
     results = tmp_path / "abs results"
-    env = {**os.environ, "COMPANION_RESULTS": ""}
-    env.pop("COMPANION_RESULTS")
+    env = {**os.environ, "PASSK_COMPANION_RESULTS": ""}
+    env.pop("PASSK_COMPANION_RESULTS")
     # first a run that is killed mid-notebook
     proc = subprocess.Popen(
         ["make", keep, "reproduce", "NB=01", f"RESULTS={results}", f"VENV={venv}"],

@@ -35,7 +35,7 @@ def test_quick_mode_runs_and_prints_a_ratio(script, tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "COMPANION_RESULTS": str(tmp_path / "results")},
+        env={**os.environ, "PASSK_COMPANION_RESULTS": str(tmp_path / "results")},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert re.search(r"\d\s*x\b", proc.stdout), proc.stdout[-2000:]  # a ratio, e.g. "1.93x"

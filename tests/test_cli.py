@@ -1,7 +1,7 @@
 """Issue 21, the command line: results folders are never system folders (item 5), sizes the
 profile cannot use are refused with the parameter's name before any work (item 11), a planted
 lock link is refused by `sweep` too (item 2), and user errors are one line, never a traceback
-(item 21: --device meta, COMPANION_RESULTS set to a file)."""
+(item 21: --device meta, PASSK_COMPANION_RESULTS set to a file)."""
 
 import os
 import resource
@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from companion import cli, repro
+from passk_companion import cli, repro
 
 
 def _companion(*args, env=None, timeout=60, memory=3 * 2**30):
@@ -20,7 +20,7 @@ def _companion(*args, env=None, timeout=60, memory=3 * 2**30):
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     return subprocess.run(
-        [sys.executable, "-m", "companion", *map(str, args)],
+        [sys.executable, "-m", "passk_companion", *map(str, args)],
         capture_output=True, text=True, timeout=timeout, preexec_fn=limit,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
@@ -29,7 +29,11 @@ def _companion(*args, env=None, timeout=60, memory=3 * 2**30):
 @pytest.mark.parametrize("command", ["report", "html"])
 def test_system_folders_are_refused_as_results_folders(tmp_path, command):
     for env, args, named in (
-        ({"COMPANION_RESULTS": "/"}, [], "COMPANION_RESULTS / is the system or home folder /"),
+        (
+            {"PASSK_COMPANION_RESULTS": "/"},
+            [],
+            "PASSK_COMPANION_RESULTS / is the system or home folder /",
+        ),
         ({}, ["--results", "../../../../../../../../etc"], "system or home folder /etc"),
         ({}, ["--results", "/usr/share"], "is in the system or home folder /usr"),
     ):
@@ -44,12 +48,12 @@ def test_companion_results_set_to_a_file_is_one_line(tmp_path, monkeypatch):
     afile = tmp_path / "afile"
     afile.write_text("x")
     for command in ("report", "html"):
-        proc = _companion(command, env={"COMPANION_RESULTS": str(afile)})
+        proc = _companion(command, env={"PASSK_COMPANION_RESULTS": str(afile)})
         assert proc.returncode == 2, proc.stderr[-2000:]
-        assert f"COMPANION_RESULTS {afile} exists and is not a folder" in proc.stderr
+        assert f"PASSK_COMPANION_RESULTS {afile} exists and is not a folder" in proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
-    monkeypatch.setenv("COMPANION_RESULTS", str(afile))
-    with pytest.raises(ValueError, match="COMPANION_RESULTS"):
+    monkeypatch.setenv("PASSK_COMPANION_RESULTS", str(afile))
+    with pytest.raises(ValueError, match="PASSK_COMPANION_RESULTS"):
         repro.results_dir()  # what a notebook calls
     assert afile.read_text() == "x"
 
@@ -88,7 +92,7 @@ def test_a_planted_lock_link_is_refused_by_the_sweep(tmp_path, capsys, planted_l
 
 
 def test_resume_keeps_the_trials_of_notebooks_that_run_sweeps_only():
-    from companion import reproduce
+    from passk_companion import reproduce
 
     root = repro.repo_root()
     nb04 = next((root / "notebooks").glob("04_*.ipynb"))

@@ -1,4 +1,4 @@
-"""Issue 21, paths (companion.files): stale temporaries are only ours and only where we write
+"""Issue 21, paths (passk_companion.files): stale temporaries are only ours and only where we write
 (item 6), output folders are never system folders (item 5), and what is expected to be a file
 must be a regular file (item 7)."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from companion import files
+from passk_companion import files
 
 
 def _dead_pid() -> int:
@@ -23,13 +23,15 @@ def test_cleanup_deletes_only_our_temporaries_of_dead_writers(tmp_path):
     users = [
         tmp_path / f".draft.txt.{dead}.autosave.tmp",  # a user's file in the old form
         tmp_path / f".notes.{dead}.abcdefgh.tmp",
-        tmp_path / "sub" / f".x.csv.{dead}.abcdefgh.companion.tmp",  # below: not ours to scan
+        tmp_path / "sub" / f".x.csv.{dead}.abcdefgh.passk_companion.tmp",  # below: not ours to scan
     ]
     for path in users:
         path.parent.mkdir(exist_ok=True)
         path.write_text("mine")
     # a temporary of ours whose writer died: made by files.temporary in another process
-    code = "import os, sys; from companion import files\nfd, p = files.temporary(sys.argv[1])\n"
+    code = (
+        "import os, sys; from passk_companion import files\nfd, p = files.temporary(sys.argv[1])\n"
+    )
     code += "os.write(fd, b'half'); print(p)"
     made = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "metrics.csv")],
@@ -38,7 +40,7 @@ def test_cleanup_deletes_only_our_temporaries_of_dead_writers(tmp_path):
     stale = Path(made)
     live_fd, live = files.temporary(tmp_path / "prompts.csv")
     os.close(live_fd)
-    link = tmp_path / f".y.csv.{dead}.abcdefgh.companion.tmp"
+    link = tmp_path / f".y.csv.{dead}.abcdefgh.passk_companion.tmp"
     link.symlink_to(users[0])
     assert files.remove_stale_temporaries(tmp_path) == [stale]
     assert all(p.exists() for p in users) and live.exists() and link.is_symlink()

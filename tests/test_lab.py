@@ -1,5 +1,5 @@
-"""`make lab` (python -m companion.lab): the kernel registration, the command it runs, and a real
-JupyterLab server on a free loopback port that lists the project's kernel."""
+"""`make lab` (python -m passk_companion.lab): the kernel registration, the command it runs, and a
+real JupyterLab server on a free loopback port that lists the project's kernel."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from companion import lab
+from passk_companion import lab
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_S = 120  # a cold JupyterLab start on a busy 2-core machine takes ~10 s
@@ -29,7 +29,7 @@ def test_ensure_kernel_registers_once_inside_the_prefix(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     spec_dir = lab.ensure_kernel(tmp_path / "env")
-    assert spec_dir == tmp_path / "env/share/jupyter/kernels/companion"
+    assert spec_dir == tmp_path / "env/share/jupyter/kernels/passk_companion"
     spec = json.loads((spec_dir / "kernel.json").read_text())
     assert spec["argv"][0] == sys.executable and spec["display_name"] == lab.DISPLAY_NAME
     assert list(home.iterdir()) == []  # nothing in the user's home
@@ -52,7 +52,7 @@ def test_a_stale_kernel_is_replaced(tmp_path):
 
 def test_lab_argv_roots_at_notebooks_and_allows_root_only_for_uid_0(tmp_path):
     user = lab.lab_argv(["--no-browser"], tmp_path, uid=1000, python="/env/python")
-    default = "--MultiKernelManager.default_kernel_name=companion"
+    default = "--MultiKernelManager.default_kernel_name=passk_companion"
     assert user == ["/env/python", "-m", "jupyterlab", f"--ServerApp.root_dir={tmp_path}", default,
                     "--no-browser"]  # fmt: skip
     root = lab.lab_argv([], tmp_path, uid=0)
@@ -96,8 +96,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_make_lab_serves_jupyterlab_with_the_project_kernel(tmp_path):
-    """`python -m companion.lab` on a free loopback port with a token: /lab answers with the
-    widget manager loaded, the kernel list holds `companion` (the default) running this
+    """`python -m passk_companion.lab` on a free loopback port with a token: /lab answers with the
+    widget manager loaded, the kernel list holds `passk_companion` (the default) running this
     interpreter, the root is notebooks/, a wrong token is refused; then the server is stopped."""
     port, token = _free_port(), secrets.token_hex(16)
     jupyter = {n: tmp_path / n for n in ("home", "config", "data", "runtime", "ipython")}
@@ -117,7 +117,7 @@ def test_make_lab_serves_jupyterlab_with_the_project_kernel(tmp_path):
     log = tmp_path / "lab.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "companion.lab", *args],
+            [sys.executable, "-m", "passk_companion.lab", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -159,8 +159,8 @@ def test_make_lab_serves_jupyterlab_with_the_project_kernel(tmp_path):
 
 
 def test_tqdm_auto_draws_a_live_widget_in_the_lab_kernel(tmp_path):
-    """In the `companion` kernel with the environment `make lab` gives it (TQDM_DISABLE, exported
-    by make, removed), `tqdm.auto` draws an ipywidgets bar, not text."""
+    """In the `passk_companion` kernel with the environment `make lab` gives it (TQDM_DISABLE,
+    exported by make, removed), `tqdm.auto` draws an ipywidgets bar, not text."""
     from jupyter_client.manager import start_new_kernel
 
     env = lab.lab_env({**os.environ, "IPYTHONDIR": str(tmp_path), "TQDM_DISABLE": "1"})

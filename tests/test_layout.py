@@ -1,6 +1,7 @@
 """The layout's rules, read from the imports of every module (ast) and checked in a fresh process:
 the evidence never imports torch, the theory or the model; the theory never imports the model;
-the objectives use only the closed forms of theory.passk; `import companion` loads no torch."""
+the objectives use only the closed forms of theory.passk; `import passk_companion` loads no
+torch."""
 
 import ast
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "companion"
+SRC = Path(__file__).resolve().parents[1] / "src" / "passk_companion"
 
 
 def _module_name(path: Path) -> str:
@@ -35,15 +36,19 @@ def _imports(path: Path) -> set[str]:
 
 MODULES = sorted(SRC.rglob("*.py"))
 FORBIDDEN = {
-    "companion.evidence": (
+    "passk_companion.evidence": (
         "torch",
-        "companion.theory",
-        "companion.model",
-        "companion.objectives",
-        "companion.integrations",
+        "passk_companion.theory",
+        "passk_companion.model",
+        "passk_companion.objectives",
+        "passk_companion.integrations",
     ),  # fmt: skip
-    "companion.theory": ("companion.model", "companion.integrations"),
-    "companion.objectives": ("companion.model", "companion.evidence", "companion.integrations"),
+    "passk_companion.theory": ("passk_companion.model", "passk_companion.integrations"),
+    "passk_companion.objectives": (
+        "passk_companion.model",
+        "passk_companion.evidence",
+        "passk_companion.integrations",
+    ),
 }
 
 
@@ -68,16 +73,19 @@ def test_objectives_use_only_the_closed_forms_of_the_theory():
     theory = {
         imported
         for path in MODULES
-        if _module_name(path).startswith("companion.objectives")
+        if _module_name(path).startswith("passk_companion.objectives")
         for imported in _imports(path)
-        if imported.startswith("companion.theory")
+        if imported.startswith("passk_companion.theory")
     }
-    assert theory <= {"companion.theory.passk", "companion.theory.passk.pass_at_k_unbiased"}
+    assert theory <= {
+        "passk_companion.theory.passk",
+        "passk_companion.theory.passk.pass_at_k_unbiased",
+    }
 
 
 def test_the_rules_can_fail():
     """The checker sees a forbidden import when there is one (the model does import torch)."""
-    assert _violations("companion.model", ("torch",))
+    assert _violations("passk_companion.model", ("torch",))
 
 
 def test_the_three_parts_exist_with_their_modules():
@@ -94,12 +102,15 @@ def test_the_three_parts_exist_with_their_modules():
 
 def test_import_companion_and_the_evidence_load_no_torch():
     code = (
-        "import sys, companion\n"
-        "import companion.evidence.verdicts, companion.evidence.claims, companion.evidence.report\n"
-        "import companion.evidence.site, companion.evidence.params, companion.evidence.matching\n"
-        "import companion.profiles, companion.validation, companion.files, companion.reproduce\n"
+        "import sys, passk_companion\n"
+        "import passk_companion.evidence.verdicts, passk_companion.evidence.claims\n"
+        "import passk_companion.evidence.report, passk_companion.evidence.site\n"
+        "import passk_companion.evidence.params, passk_companion.evidence.matching\n"
+        "import passk_companion.profiles, passk_companion.validation, passk_companion.files\n"
+        "import passk_companion.reproduce\n"
         "assert 'torch' not in sys.modules, 'torch was loaded'\n"
-        "assert companion.pass_at_k is not None and 'torch' in sys.modules  # lazy, on first use\n"
+        # lazy, on first use
+        "assert passk_companion.pass_at_k is not None and 'torch' in sys.modules\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from companion.profiles import PROFILES
+from passk_companion.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -54,7 +54,7 @@ def test_papermill_sees_every_parameter(nb):
 
 # In a cell's code (strings and comments removed): a comparison with a decimal number, or the
 # pass@k form 1 - (1 - p) ** k. Thresholds are parameters or named in the library, and pass@k
-# comes from companion.theory.passk.
+# comes from passk_companion.theory.passk.
 _THRESHOLD = re.compile(r"(?<![=!<>])[<>]=?\s*-?(\d*\.\d+|\d+e-?\d+)")
 _PASSK_FORM = re.compile(r"1\s*-\s*\(\s*1\s*-\s*[^()]+\)\s*\*\*")
 _STRING = re.compile(r"[rbfu]*(\"[^\"\n]*\"|'[^'\n]*')")
@@ -111,7 +111,7 @@ def test_stored_outputs_complete_and_clean(nb):
     data = json.loads(nb.read_text())
     assert "papermill" not in data["metadata"]
     assert "widgets" not in data["metadata"], "a progress-bar widget leaked into the outputs"
-    assert data["metadata"]["kernelspec"]["name"] == "companion"
+    assert data["metadata"]["kernelspec"]["name"] == "passk_companion"
     for cell in code_cells(nb):
         assert cell["execution_count"], "every code cell must be stored executed (make execute)"
         assert "papermill" not in cell["metadata"] and "execution" not in cell["metadata"]
@@ -195,11 +195,12 @@ def test_bad_parameters_fail_in_the_validation_cell(tmp_path, prefix, params, me
 
 
 def test_progress_bars_stay_out_of_outputs_under_tqdm_disable(tmp_path, monkeypatch):
-    """tqdm.auto's notebook bar ignores TQDM_DISABLE; companion.repro.progress honours it."""
+    """tqdm.auto's notebook bar ignores TQDM_DISABLE; passk_companion.repro.progress honours it."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(
-            "from companion.repro import progress\nfor _ in progress(range(3), desc='x'):\n    pass"
+            "from passk_companion.repro import progress\n"
+            "for _ in progress(range(3), desc='x'):\n    pass"
         ),
         nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(3)):\n    pass"),
     ]
@@ -285,7 +286,7 @@ def test_notebook_06_variant_is_a_working_objective_equal_to_the_library_one():
     equals the library's `unlikeliness` rule."""
     import torch
 
-    from companion import objectives
+    from passk_companion import objectives
 
     nb = notebook("06")
     source = next(

@@ -1,6 +1,6 @@
-"""companion.repro: paths as stored outputs print them."""
+"""passk_companion.repro: paths as stored outputs print them."""
 
-from companion import repro
+from passk_companion import repro
 
 
 def test_paths_inside_the_checkout_are_shown_relative_to_it(tmp_path):

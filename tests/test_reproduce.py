@@ -4,7 +4,7 @@ import gzip
 
 import pytest
 
-from companion import reproduce
+from passk_companion import reproduce
 
 
 def _run(tmp_path):
@@ -25,14 +25,14 @@ def _run(tmp_path):
 def test_evidence_is_stored_in_a_folder_whose_parent_does_not_exist_yet(tmp_path):
     results, notebook = _run(tmp_path)
     dest = tmp_path / "new" / "evidence" / "04_full"
-    reproduce.store_evidence(results, dest, notebook, "python -m companion reproduce", 1921.0)
+    reproduce.store_evidence(results, dest, notebook, "python -m passk_companion reproduce", 1921.0)
     assert sorted(p.name for p in dest.iterdir()) == [
         "04_nb.ipynb", "RUN.md", "claims.csv", "figures", "tables"
     ]  # fmt: skip
     assert [p.name for p in (dest / "tables").iterdir()] == ["04_runs.csv.gz"]
     assert gzip.decompress((dest / "tables" / "04_runs.csv.gz").read_bytes()) == b"a,b\n1,2\n"
     run = (dest / "RUN.md").read_text()
-    assert "`python -m companion reproduce`" in run and "wall time: 32.0 min" in run
+    assert "`python -m passk_companion reproduce`" in run and "wall time: 32.0 min" in run
     assert [p.name for p in dest.parent.iterdir()] == ["04_full"]  # no staging folder left
 
 

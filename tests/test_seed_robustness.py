@@ -8,7 +8,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from companion.evidence import claims
+from passk_companion.evidence import claims
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_SETS = ([10, 11, 12], [20, 21, 22], [30, 31, 32])
@@ -18,7 +18,7 @@ NOTEBOOKS = ["02_sampled_gradients", "03_exploration_collapse", "05_non_iid_samp
 def _run(stem: str, seeds: list[int], results: Path, monkeypatch) -> list[claims.Claim]:
     params = yaml.safe_load((ROOT / "params" / "smoke" / f"{stem}.yaml").read_text())
     params.update(seeds=seeds, seed=seeds[0])
-    monkeypatch.setenv("COMPANION_RESULTS", str(results))
+    monkeypatch.setenv("PASSK_COMPANION_RESULTS", str(results))
     monkeypatch.setenv("TQDM_DISABLE", "1")
     nb = ROOT / "notebooks" / f"{stem}.ipynb"
     results.mkdir(parents=True)

@@ -5,7 +5,7 @@ import multiprocessing as mp
 import mistune
 import pytest
 
-from companion.evidence import claims, report, verdicts
+from passk_companion.evidence import claims, report, verdicts
 
 
 def _claim(i, verdict="holds", nb="01_nb", kind="identity", seeds=0, interval=""):
@@ -118,7 +118,7 @@ def test_report_counts_kinds_apart_and_escapes_pipes(tmp_path):
 
 
 def test_report_without_claims_fails_clearly(tmp_path, capsys):
-    from companion import cli
+    from passk_companion import cli
 
     with pytest.raises(ValueError, match="no claims"):
         report.build(tmp_path)
@@ -139,7 +139,7 @@ def test_report_renders_claim_text_as_text_not_markup(tmp_path):
 
 
 def test_fragile_rows_are_marked_and_named(capsys):
-    from companion.evidence import verdicts as vd
+    from passk_companion.evidence import verdicts as vd
 
     near = vd.mean_over_seeds([0.2, -0.1, 0.5, 0.3])  # the interval edge sits near 0
     far = vd.mean_over_seeds([5.0, 5.1, 4.9])
@@ -169,7 +169,7 @@ def test_differences_name_the_verdict_first_and_one_sided_claims():
 
 
 def test_compare_claims_command_fails_on_a_difference(tmp_path, capsys):
-    from companion import cli
+    from passk_companion import cli
 
     row = claims.Claim("x", "c", "p", "04_nb", "identity", "m", "holds")
     claims.record([row], tmp_path / "a")
@@ -189,7 +189,7 @@ def test_record_in_a_kernel_names_the_cell_that_recorded(tmp_path):
     nb.cells = [
         nbformat.v4.new_code_cell("x = 1"),
         nbformat.v4.new_code_cell(
-            "from companion.evidence import claims\n"
+            "from passk_companion.evidence import claims\n"
             f"claims.record([claims.Claim('r', 'c', 'p', 'nb', 'identity', 'm', 'holds')], "
             f"results={str(tmp_path)!r} and __import__('pathlib').Path({str(tmp_path)!r}))"
         ),

@@ -1,9 +1,9 @@
-"""Issue 21, notebook parameters (companion.evidence.params): upper bounds on sizes and lists
+"""Issue 21, notebook parameters (passk_companion.evidence.params): upper bounds on sizes and lists
 (item 11), and relations between parameters checked in the validation cell (item 18)."""
 
 import pytest
 
-from companion.evidence import params as par
+from passk_companion.evidence import params as par
 
 
 def _params(**values):

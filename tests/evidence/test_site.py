@@ -6,7 +6,7 @@ is seen, and the DOM is inspected after the load event (images decoded, badges' 
 anchors). Host names resolve to nothing (--host-resolver-rules), so no test can reach the network.
 
 Browser: $CHROME, else chromium, chromium-browser or google-chrome on PATH. Without one the browser
-tests are skipped with that reason; with COMPANION_REQUIRE_BROWSER=1 they fail instead.
+tests are skipped with that reason; with PASSK_COMPANION_REQUIRE_BROWSER=1 they fail instead.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from urllib.parse import unquote, urlsplit
 import nbformat
 import pytest
 
-from companion.evidence import claims, report
-from companion.evidence.site import build_site, claim_anchor, claim_cells, clean_html
-from companion.evidence.verdicts import KINDS, VERDICTS
+from passk_companion.evidence import claims, report
+from passk_companion.evidence.site import build_site, claim_anchor, claim_cells, clean_html
+from passk_companion.evidence.verdicts import KINDS, VERDICTS
 
 ROOT = Path(__file__).resolve().parents[2]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -318,8 +318,8 @@ def hostile(tmp_path_factory):
 def browser(tmp_path_factory):
     exe, why = find_browser()
     if exe is None:
-        if os.environ.get("COMPANION_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{why} (COMPANION_REQUIRE_BROWSER=1 requires one)", pytrace=False)
+        if os.environ.get("PASSK_COMPANION_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{why} (PASSK_COMPANION_REQUIRE_BROWSER=1 requires one)", pytrace=False)
         pytest.skip(f"site browser tests skipped: {why}")
     chrome = Chrome(exe, tmp_path_factory.mktemp("chrome-profile"))
     yield chrome

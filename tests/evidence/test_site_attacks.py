@@ -7,9 +7,9 @@ import mistune
 import nbformat
 import pytest
 
-from companion import cli
-from companion.evidence import claims, report
-from companion.evidence.site import build_site, clean_html
+from passk_companion import cli
+from passk_companion.evidence import claims, report
+from passk_companion.evidence.site import build_site, clean_html
 
 
 def _results(tmp_path, figure="f.png", text="c"):

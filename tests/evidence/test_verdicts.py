@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from companion.evidence import verdicts as v
+from passk_companion.evidence import verdicts as v
 
 
 def test_decide_interval_branches():

@@ -1,7 +1,7 @@
 """Integration tests: the real verl and TRL code, in the venv `make test-integrations` builds.
 
 Elsewhere (the main venv has neither library) each module is skipped with the reason; under
-`make test-integrations` (COMPANION_REQUIRE_INTEGRATIONS=1) a missing library is an error, so
+`make test-integrations` (PASSK_COMPANION_REQUIRE_INTEGRATIONS=1) a missing library is an error, so
 the tests cannot be skipped silently there."""
 
 from __future__ import annotations

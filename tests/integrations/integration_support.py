@@ -7,14 +7,15 @@ import os
 
 import pytest
 
-REQUIRED = os.environ.get("COMPANION_REQUIRE_INTEGRATIONS") == "1"
+REQUIRED = os.environ.get("PASSK_COMPANION_REQUIRE_INTEGRATIONS") == "1"
 
 
-REQUIRED = os.environ.get("COMPANION_REQUIRE_INTEGRATIONS") == "1"
+REQUIRED = os.environ.get("PASSK_COMPANION_REQUIRE_INTEGRATIONS") == "1"
 
 
 def require(module: str, extra: str):
-    """Import `module`, or skip the test module (fail under COMPANION_REQUIRE_INTEGRATIONS=1)."""
+    """Import `module`, or skip the test module (fail under
+    PASSK_COMPANION_REQUIRE_INTEGRATIONS=1)."""
     try:
         return importlib.import_module(module)
     except ImportError as err:

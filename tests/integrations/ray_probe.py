@@ -10,7 +10,9 @@ class Runner:
         import os
         import sys
 
-        loaded = [m for m in sys.modules if m == "companion" or m.startswith("companion.")]
+        loaded = [
+            m for m in sys.modules if m == "passk_companion" or m.startswith("passk_companion.")
+        ]
         import numpy as np
         import torch
         import verl
@@ -24,7 +26,7 @@ class Runner:
             },
             non_tensors={"uid": np.array(uids, dtype=object)},
         )
-        config = OmegaConf.create({"companion": settings})
+        config = OmegaConf.create({"passk_companion": settings})
         out = compute_advantage(data, adv_estimator=estimator, config=config)
-        plugin = "companion.integrations.verl" in sys.modules
+        plugin = "passk_companion.integrations.verl" in sys.modules
         return out.batch["advantages"].numpy(), loaded, plugin, os.getpid()

@@ -1,5 +1,6 @@
-"""companion.integrations.diagnostics against brute force: every k-subset of every group, Python
-sets for the distinct answers, an explicit resampling loop for the bootstrap (no verl, no TRL)."""
+"""passk_companion.integrations.diagnostics against brute force: every k-subset of every group,
+Python sets for the distinct answers, an explicit resampling loop for the bootstrap (no verl, no
+TRL)."""
 
 import itertools
 import json
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.integrations import diagnostics as dg
+from passk_companion.integrations import diagnostics as dg
 
 
 @st.composite
@@ -278,7 +279,7 @@ def test_default_ks():
     assert dg.default_ks(12) == [1, 2, 4, 8, 12]
 
 
-# ---- `python -m companion diagnose` on tables (CSV, JSONL; the verl and TRL logs are read in
+# ---- `python -m passk_companion diagnose` on tables (CSV, JSONL; the verl and TRL logs are read in
 # tests/integrations, where those libraries write them) -------------------------------------
 
 
@@ -296,7 +297,7 @@ def rollout_table(seed=0, steps=(0, 10), prompts=12, n=6):
 
 
 def run_cli(*argv):
-    from companion import cli
+    from passk_companion import cli
 
     return cli.main(["diagnose", *map(str, argv)])
 
@@ -406,7 +407,7 @@ def test_bad_input_is_one_line_naming_file_column_and_row(tmp_path, capsys):
 
 
 def test_progress_bar_on_large_files(tmp_path, capsys, monkeypatch):
-    from companion.integrations import diagnose
+    from passk_companion.integrations import diagnose
 
     path = tmp_path / "r.csv"
     rollout_table().to_csv(path, index=False)

@@ -27,9 +27,9 @@ from transformers import logging as hf_logging  # noqa: E402
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from companion import objectives  # noqa: E402
-from companion.integrations import diagnostics  # noqa: E402
-from companion.integrations.trl import PassKGRPOTrainer  # noqa: E402
+from passk_companion import objectives  # noqa: E402
+from passk_companion.integrations import diagnostics  # noqa: E402
+from passk_companion.integrations.trl import PassKGRPOTrainer  # noqa: E402
 
 WORDS = ["a", "b", "c", "d", "e", "f", "SEP", "EOS", "PAD"]
 N, PROMPTS = 8, 2  # generations per prompt, prompts per step
@@ -207,7 +207,7 @@ def test_companion_diagnose_reads_the_completions_log_trl_wrote(pkpo_run, capsys
     """The parquet files TRL wrote, read back: the groups (a prompt's text within a step) are
     TRL's groups of N consecutive completions, and the curve is the brute-force one on the
     rewards TRL gathered."""
-    from companion import cli
+    from passk_companion import cli
 
     trainer, _, out = pkpo_run
     names = sorted(p.name for p in (out / "completions").glob("*.parquet"))

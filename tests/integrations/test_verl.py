@@ -25,9 +25,9 @@ from verl.trainer.ppo import core_algos  # noqa: E402
 from verl.trainer.ppo.ray_trainer import apply_kl_penalty, compute_advantage  # noqa: E402
 from verl.utils.config import omega_conf_to_dataclass  # noqa: E402
 
-from companion import objectives  # noqa: E402
-from companion.integrations import diagnostics  # noqa: E402
-from companion.integrations import verl as plugin  # noqa: E402
+from passk_companion import objectives  # noqa: E402
+from passk_companion.integrations import diagnostics  # noqa: E402
+from passk_companion.integrations import verl as plugin  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
 SUPPORTED = [
@@ -82,7 +82,9 @@ def reference(name: str, data: DataProto, k: int, **params) -> torch.Tensor:
 
 
 def algo(k: int, **params) -> OmegaConf:
-    return OmegaConf.create({"companion": {"k": k, **params}, "norm_adv_by_std_in_grpo": True})
+    return OmegaConf.create(
+        {"passk_companion": {"k": k, **params}, "norm_adv_by_std_in_grpo": True}
+    )
 
 
 BINARY = [[1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 0, 1, 0, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]]
@@ -91,10 +93,12 @@ REAL = [[0.3, -1.2, 0.9, 0.9, 0.1, 2.0], [0.5, 0.25, 0.0, 1.5, 0.75], [1.0, 0.2,
 
 def test_the_entry_point_names_the_plugin_and_import_verl_loads_it():
     eps = importlib.metadata.entry_points(group="verl.plugins")
-    assert [ep.value for ep in eps if ep.name == "companion"] == ["companion.integrations.verl"]
-    assert "companion.integrations.verl" in sys.modules  # loaded by `import verl` above
+    assert [ep.value for ep in eps if ep.name == "passk_companion"] == [
+        "passk_companion.integrations.verl"
+    ]
+    assert "passk_companion.integrations.verl" in sys.modules  # loaded by `import verl` above
     for name in objectives.names():
-        assert f"companion.{name}" in core_algos.ADV_ESTIMATOR_REGISTRY
+        assert f"passk_companion.{name}" in core_algos.ADV_ESTIMATOR_REGISTRY
 
 
 @pytest.mark.parametrize("name", SUPPORTED)
@@ -104,8 +108,10 @@ def test_compute_advantage_equals_the_registry(name, rewards):
     groups = BINARY if rewards == "binary" else REAL
     k = 4
     if rewards == "real" and obj.binary_only:  # refused, in one line
-        with pytest.raises(ValueError, match=f"companion.{name} needs 0/1 rewards") as err:
-            compute_advantage(make_batch(groups), adv_estimator=f"companion.{name}", config=algo(k))
+        with pytest.raises(ValueError, match=f"passk_companion.{name} needs 0/1 rewards") as err:
+            compute_advantage(
+                make_batch(groups), adv_estimator=f"passk_companion.{name}", config=algo(k)
+            )
         assert "\n" not in str(err.value)
         return
     if obj.stochastic:
@@ -124,7 +130,7 @@ def test_compute_advantage_equals_the_registry(name, rewards):
     else:
         want = reference(name, data, k)
     torch.manual_seed(0)
-    got = compute_advantage(data, adv_estimator=f"companion.{name}", config=algo(k))
+    got = compute_advantage(data, adv_estimator=f"passk_companion.{name}", config=algo(k))
     adv = got.batch["advantages"].to(torch.float64)
     assert torch.equal(got.batch["returns"], got.batch["advantages"])
     assert torch.all(adv[got.batch["response_mask"] == 0] == 0)
@@ -143,7 +149,7 @@ def test_scaling_convention_matches_verls_own_estimators(ours, params, theirs, n
     """A = n_g x weights: GRPO, Dr. GRPO and RLOO come back as verl computes them."""
     data = make_batch(BINARY[:2] + REAL[:2], seed=3)
     cfg = algo(1, **params)
-    mine = compute_advantage(data, adv_estimator=f"companion.{ours}", config=cfg)
+    mine = compute_advantage(data, adv_estimator=f"passk_companion.{ours}", config=cfg)
     mine = mine.batch["advantages"].clone()
     other = compute_advantage(
         data, adv_estimator=theirs, norm_adv_by_std_in_grpo=norm, config=OmegaConf.create({})
@@ -154,7 +160,9 @@ def test_scaling_convention_matches_verls_own_estimators(ours, params, theirs, n
 @pytest.mark.parametrize("name", REFUSED)
 def test_objectives_verl_cannot_feed_are_refused_in_one_line(name):
     with pytest.raises(ValueError, match="is not supported in verl") as err:
-        compute_advantage(make_batch(BINARY), adv_estimator=f"companion.{name}", config=algo(4))
+        compute_advantage(
+            make_batch(BINARY), adv_estimator=f"passk_companion.{name}", config=algo(4)
+        )
     assert "\n" not in str(err.value)
 
 
@@ -167,10 +175,10 @@ def test_a_binary_objective_refuses_rewards_with_a_kl_penalty():
     data.batch["ref_log_prob"] = -torch.rand(shape, generator=gen)
     data, _ = apply_kl_penalty(data, core_algos.FixedKLController(kl_coef=0.1), kl_penalty="kl")
     with pytest.raises(ValueError, match="needs 0/1 rewards.*KL penalty") as err:
-        compute_advantage(data, adv_estimator="companion.passk_chen", config=algo(4))
+        compute_advantage(data, adv_estimator="passk_companion.passk_chen", config=algo(4))
     assert "\n" not in str(err.value)
     # a real-valued objective takes them
-    got = compute_advantage(data, adv_estimator="companion.pkpo_loo", config=algo(4))
+    got = compute_advantage(data, adv_estimator="passk_companion.pkpo_loo", config=algo(4))
     torch.testing.assert_close(
         got.batch["advantages"].double(), reference("pkpo_loo", data, 4), rtol=1e-5, atol=1e-6
     )
@@ -179,13 +187,13 @@ def test_a_binary_objective_refuses_rewards_with_a_kl_penalty():
 def test_bad_settings_are_one_line():
     data = make_batch(BINARY)
     cases = [
-        (OmegaConf.create({}), "needs k: add \\+algorithm.companion.k=K"),
+        (OmegaConf.create({}), "needs k: add \\+algorithm.passk_companion.k=K"),
         (algo(0), "k must be an integer >= 1"),
         (algo(6), "has 5 response\\(s\\), fewer than k = 6"),
-        (algo(4, betta=1.0), "bad parameter in algorithm.companion \\(betta\\)"),
+        (algo(4, betta=1.0), "bad parameter in algorithm.passk_companion \\(betta\\)"),
     ]
     for cfg, message in cases:
-        name = "companion.risk_seeking" if "betta" in str(cfg) else "companion.pkpo"
+        name = "passk_companion.risk_seeking" if "betta" in str(cfg) else "passk_companion.pkpo"
         with pytest.raises(ValueError, match=message) as err:
             compute_advantage(data, adv_estimator=name, config=cfg)
         assert "\n" not in str(err.value)
@@ -196,17 +204,17 @@ def test_config_from_verls_yaml_survives_its_validation():
     and the conversion to the AlgoConfig dataclass, which refuses the extra key unless the
     section's _target_ is PassKAlgoConfig (a subclass)."""
     line = [
-        "algorithm.adv_estimator=companion.risk_seeking",
-        "+algorithm.companion.k=4",
-        "+algorithm.companion.beta=0.5",
+        "algorithm.adv_estimator=passk_companion.risk_seeking",
+        "+algorithm.passk_companion.k=4",
+        "+algorithm.passk_companion.beta=0.5",
     ]
     cfg = verl_config(*line)
-    with pytest.raises(Exception, match="unexpected keyword argument 'companion'"):
+    with pytest.raises(Exception, match="unexpected keyword argument 'passk_companion'"):
         omega_conf_to_dataclass(cfg.algorithm)  # verl's stock AlgoConfig
-    cfg = verl_config(*line, "algorithm._target_=companion.integrations.verl.PassKAlgoConfig")
+    cfg = verl_config(*line, "algorithm._target_=passk_companion.integrations.verl.PassKAlgoConfig")
     converted = omega_conf_to_dataclass(cfg.algorithm)
     assert isinstance(converted, AlgoConfig) and isinstance(converted, plugin.PassKAlgoConfig)
-    assert converted.companion == {"k": 4, "beta": 0.5}
+    assert converted.passk_companion == {"k": 4, "beta": 0.5}
     data = make_batch(REAL, seed=1)
     want = reference("risk_seeking", data, 4, beta=0.5)
     for config in (cfg.algorithm, converted):  # the DictConfig verl's trainer passes, and the
@@ -218,7 +226,7 @@ def test_config_from_verls_yaml_survives_its_validation():
 
 def test_the_estimator_is_found_inside_a_ray_actor(ray_cluster):
     """In a Ray worker (a fresh process, as verl's TaskRunner) that has not imported the
-    companion, `import verl` loads the plugin, and compute_advantage finds the estimator."""
+    passk_companion, `import verl` loads the plugin, and compute_advantage finds the estimator."""
     import ray_probe
 
     ray = ray_cluster
@@ -229,7 +237,7 @@ def test_the_estimator_is_found_inside_a_ray_actor(ray_cluster):
             data.batch["token_level_rewards"].tolist(),
             data.non_tensor_batch["uid"].tolist(),
             data.batch["response_mask"].tolist(),
-            "companion.pkpo_loo",
+            "passk_companion.pkpo_loo",
             {"k": 4},
         )
     )
@@ -243,17 +251,17 @@ def test_the_estimator_is_found_inside_a_ray_actor(ray_cluster):
 
 def test_the_trainer_puts_the_diagnostic_in_the_training_metrics(ray_cluster):
     """verl's v1 `_compute_advantage` on a batch in its TransferQueue, through the trainer the
-    plugin registered (`trainer.v1.trainer_mode=companion`): the advantages written back are
+    plugin registered (`trainer.v1.trainer_mode=passk_companion`): the advantages written back are
     the registry's, and the step's metrics carry the diagnostic."""
     import transfer_queue as tq
     from verl.trainer.ppo.v1 import get_trainer_cls
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
     cfg = verl_config(
-        "algorithm.adv_estimator=companion.pkpo_loo",
-        "+algorithm.companion.k=4",
+        "algorithm.adv_estimator=passk_companion.pkpo_loo",
+        "+algorithm.passk_companion.k=4",
         "actor_rollout_ref.rollout.n=8",
-        "trainer.v1.trainer_mode=companion",
+        "trainer.v1.trainer_mode=passk_companion",
     )
     cls = get_trainer_cls(cfg.trainer.v1.trainer_mode)
     assert issubclass(cls, plugin.PassKMetrics) and cls.__name__ == "PassKPPOTrainerSync"
@@ -286,10 +294,10 @@ def test_the_trainer_puts_the_diagnostic_in_the_training_metrics(ray_cluster):
     want = reference("pkpo_loo", data, 4)[:, : adv.shape[1]]
     torch.testing.assert_close(adv, want, rtol=1e-6, atol=1e-6)
     scores = data.batch["token_level_scores"].sum(-1).numpy()
-    expected = diagnostics.diagnose(uids, scores, [1, 2, 4, 8]).metrics("companion/")
+    expected = diagnostics.diagnose(uids, scores, [1, 2, 4, 8]).metrics("passk_companion/")
     assert expected and {k: metrics[k] for k in expected} == pytest.approx(expected)
-    assert metrics["companion/situation_I_share"] == pytest.approx(0.25)
-    assert metrics["companion/pass@8"] == pytest.approx(np.mean([1.0, 1.0]))  # n = 8 groups
+    assert metrics["passk_companion/situation_I_share"] == pytest.approx(0.25)
+    assert metrics["passk_companion/pass@8"] == pytest.approx(np.mean([1.0, 1.0]))  # n = 8 groups
     tq.kv_clear(keys=keys, partition_id="train")
 
 
@@ -298,18 +306,18 @@ def test_validation_metrics_the_issue_example():
     unbiased pass@8 is 1 and pass@4 0.5 (both through the trainer's _val_metrics_update)."""
     from verl.trainer.ppo.v1 import get_trainer_cls
 
-    trainer = object.__new__(get_trainer_cls("companion"))
-    trainer.config = verl_config("+algorithm.companion.k=4")
+    trainer = object.__new__(get_trainer_cls("passk_companion"))
+    trainer.config = verl_config("+algorithm.passk_companion.k=4")
     scores = [1.0, 0, 0, 0, 0, 0, 0, 0]
     out = trainer._val_metrics_update(
         ["gsm8k"] * 8, ["u0"] * 8, {"reward": scores}, [1] * 8, expected_acc_counts=None
     )
     assert round(out["val-core/gsm8k/reward/best@8/mean"], 3) == 0.651
     assert round(out["val-aux/gsm8k/reward/best@4/mean"], 3) == 0.412
-    assert out["val-core/gsm8k/companion/pass@8"] == 1.0
-    assert out["val-aux/gsm8k/companion/pass@4"] == 0.5
-    assert out["val-aux/gsm8k/companion/pass@2"] == 0.25
-    assert out["val-aux/gsm8k/companion/situation_I_share"] == 0.0
+    assert out["val-core/gsm8k/passk_companion/pass@8"] == 1.0
+    assert out["val-aux/gsm8k/passk_companion/pass@4"] == 0.5
+    assert out["val-aux/gsm8k/passk_companion/pass@2"] == 0.25
+    assert out["val-aux/gsm8k/passk_companion/situation_I_share"] == 0.0
 
 
 def test_companion_diagnose_reads_the_validation_dump_verl_wrote(tmp_path, capsys):
@@ -321,7 +329,7 @@ def test_companion_diagnose_reads_the_validation_dump_verl_wrote(tmp_path, capsy
 
     from verl.trainer.ppo.v1 import PPOTrainerSync
 
-    from companion import cli
+    from passk_companion import cli
 
     steps = {10: [[1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]], 20: [[1, 1, 1, 0], [0, 1]]}
     for step, groups in steps.items():

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from companion.evidence import preregistration
-from companion.model import analysis
+from passk_companion.evidence import preregistration
+from passk_companion.model import analysis
 
 ROOT = Path(__file__).resolve().parents[2]
 PREREG = ROOT / "params" / "preregistered" / "04.yaml"

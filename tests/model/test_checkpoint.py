@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion import cli, files
-from companion.model import checkpoint, config, pretrain
+from passk_companion import cli, files
+from passk_companion.model import checkpoint, config, pretrain
 
 SMOKE = config.for_profile("smoke")
 TRAIN = ["train", "--profile", "smoke", "--steps", "2", "--quiet"]
@@ -31,7 +31,7 @@ def base_file(tmp_path_factory):
 
 def _train(tmp_path, *extra):
     return subprocess.run(
-        [sys.executable, "-m", "companion", *TRAIN, *extra],
+        [sys.executable, "-m", "passk_companion", *TRAIN, *extra],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
 
@@ -95,7 +95,7 @@ def _bomb(path: Path, floats: int, compress: bool) -> Path:
 
 _PEAK = """
 import resource, sys
-from companion.model import config, pretrain
+from passk_companion.model import config, pretrain
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     pretrain.load_or_pretrain(config.for_profile("smoke"), sys.argv[1], "cpu", progress=False)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.model.generate import (
+from passk_companion.model.generate import (
     answer_mask,
     distinct_rows,
     forward_stages,
@@ -18,8 +18,8 @@ from companion.model.generate import (
     sample_swor,
     sequence_logprob,
 )
-from companion.model.gpt import GPT, GPTConfig, causal_attention, pick_device
-from companion.model.portable import NATIVE
+from passk_companion.model.gpt import GPT, GPTConfig, causal_attention, pick_device
+from passk_companion.model.portable import NATIVE
 
 
 def tiny(vocab=5, block=8, scale=8.0, seed=0):
@@ -158,7 +158,7 @@ def scoring_batch(seed, vocab=9, eos=7, pad=8, rows=40, length=6):
 def test_sequence_logprob_equals_the_plain_forward_values_and_gradients(
     seed, temperature, stage_cost, monkeypatch
 ):
-    from companion.model import generate
+    from passk_companion.model import generate
 
     monkeypatch.setattr(generate, "STAGE_COST", stage_cost)
     prompts, answers = scoring_batch(seed)
@@ -225,7 +225,7 @@ def staircase_cost(need, cuts, stage_cost):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 9), min_size=1, max_size=30))
 def test_forward_stages_is_the_cheapest_staircase(needs):
-    from companion.model import generate
+    from passk_companion.model import generate
 
     need = torch.tensor(needs)
     width = max(needs)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.model import portable as P
-from companion.model.gpt import GPT, GPTConfig
+from passk_companion.model import portable as P
+from passk_companion.model.gpt import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DISPATCH_VARS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
@@ -148,7 +148,7 @@ def test_a_portable_gpt_needs_float64_weights_and_matches_the_native_one():
 
 _RUN = """
 import hashlib, tempfile, dataclasses, torch
-from companion.model import config, pretrain, rl
+from passk_companion.model import config, pretrain, rl
 torch.set_num_threads(1)
 prof = config.for_profile("smoke")
 task = config.build_task(prof.task)

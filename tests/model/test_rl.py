@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from companion import cli
-from companion.model import analysis, config, evaluation, pretrain, rl
-from companion.model.portable import NATIVE
+from passk_companion import cli
+from passk_companion.model import analysis, config, evaluation, pretrain, rl
+from passk_companion.model.portable import NATIVE
 
 SMOKE = config.for_profile("smoke")
 
@@ -177,7 +177,7 @@ def test_config_validation(kwargs, msg):
 
 
 def test_profiles():
-    from companion import profiles
+    from passk_companion import profiles
 
     with pytest.raises(ValueError, match="profile must be one of"):
         config.for_profile("tpu")

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from companion import objectives
-from companion.model import config, pretrain, rl
+from passk_companion import objectives
+from passk_companion.model import config, pretrain, rl
 
 SMOKE = config.for_profile("smoke")
 

@@ -10,8 +10,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from companion.evidence import claims, preregistration
-from companion.model import analysis
+from passk_companion.evidence import claims, preregistration
+from passk_companion.model import analysis
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIDENCE = ROOT / "evidence" / "04_full"

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from companion import cli
-from companion.model import config, pretrain, rl, sweep
+from passk_companion import cli
+from passk_companion.model import config, pretrain, rl, sweep
 
 SMOKE_GRID = {
     "profile": "smoke",

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from companion import cli, files
-from companion.model import sweep
+from passk_companion import cli, files
+from passk_companion.model import sweep
 
 TINY = {"profile": "smoke", "overrides": {"steps": 2, "eval_every": 2}, "grid": {"seed": [0, 1]}}
 
@@ -40,7 +40,7 @@ def _limited(memory: int = 3 * 2**30):
 
 def _sweep_cli(*args, timeout=60, memory=None, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "companion", "sweep", *map(str, args), "--quiet"],
+        [sys.executable, "-m", "passk_companion", "sweep", *map(str, args), "--quiet"],
         capture_output=True, text=True, timeout=timeout, cwd=cwd,
         preexec_fn=_limited(memory) if memory else None,
     )  # fmt: skip
@@ -87,7 +87,7 @@ def test_a_trial_folder_that_is_a_link_is_not_written_through(tmp_path, finished
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
     user_files = [out / f".draft.txt.{dead}.autosave.tmp",
-                  out / "notes" / f".x.csv.{dead}.abcdefgh.companion.tmp"]  # fmt: skip
+                  out / "notes" / f".x.csv.{dead}.abcdefgh.passk_companion.tmp"]  # fmt: skip
     for path in user_files:
         path.parent.mkdir(exist_ok=True)
         path.write_text("mine")
@@ -344,7 +344,7 @@ def _wait_for(predicate, timeout: float, step: float = 0.2):
 
 def _start_sweep(tmp_path: Path, data: dict, *args) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "companion", "sweep", str(_grid_file(tmp_path, data)),
+    cmd = [sys.executable, "-m", "passk_companion", "sweep", str(_grid_file(tmp_path, data)),
            "--out", str(out), "--quiet", *args]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out
 

@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from companion.model.tasks import DagTask, make_dag_task
-from companion.model.tasks.dag import count_paths
+from passk_companion.model.tasks import DagTask, make_dag_task
+from passk_companion.model.tasks.dag import count_paths
 
 
 def diamond() -> DagTask:

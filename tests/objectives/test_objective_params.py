@@ -5,9 +5,9 @@ parameter, wherever they come from (a grid file, RLConfig, the tabular dynamics,
 import pytest
 import yaml
 
-from companion import cli, objectives
-from companion.model import config, sweep
-from companion.theory import dynamics
+from passk_companion import cli, objectives
+from passk_companion.model import config, sweep
+from passk_companion.theory import dynamics
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion import objectives
-from companion.objectives import Objective
-from companion.objectives.passk_family import (
+from passk_companion import objectives
+from passk_companion.objectives import Objective
+from passk_companion.objectives.passk_family import (
     PKPO,
     PKPOLooMinusOne,
     max_at_k_estimate,
     max_at_k_weights,
 )
-from companion.theory import exact, harness, maxk, passk, weights
+from passk_companion.theory import exact, harness, maxk, passk, weights
 
 ALL = objectives.names()
 UNBIASED = [n for n in ALL if objectives.get(n).unbiased_for is not None]
@@ -234,7 +234,7 @@ def _policy(seed=0, p=6, m=9, n_correct=2):
 @pytest.mark.parametrize("name", UNBIASED)
 @pytest.mark.parametrize(("n", "k"), [(4, 1), (4, 4), (8, 2), (8, 5)])
 def test_unbiased_objectives_pass_the_harness(name, n, k):
-    """Bonferroni bound at family-wise level 1e-3 (see companion.theory.harness)."""
+    """Bonferroni bound at family-wise level 1e-3 (see passk_companion.theory.harness)."""
     report = harness.check(name, *_policy(seed=n + k), n=n, k=k, groups=40_000, seed=n * k)
     assert report.unbiased_ok, report.summary()
     assert report.max_abs_z < report.z_threshold

@@ -1,4 +1,4 @@
-"""The 100-arm bandit (companion.theory.bandit): its reward landscape, its metrics, and the
+"""The 100-arm bandit (passk_companion.theory.bandit): its reward landscape, its metrics, and the
 vectorised trainer against a per-row reference loop."""
 
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from companion import objectives
-from companion.theory import bandit
+from passk_companion import objectives
+from passk_companion.theory import bandit
 
 
 def test_landscape_has_a_global_and_a_local_optimum():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from companion.theory import contextual, exact
+from passk_companion.theory import contextual, exact
 
 
 def test_closed_form_gradients_match_autograd():

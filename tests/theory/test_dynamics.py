@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from companion.evidence import matching
-from companion.theory import (
+from passk_companion.evidence import matching
+from passk_companion.theory import (
     contextual,
     dynamics,
     exact,
@@ -139,7 +139,7 @@ def test_at_matched_on_a_history():
 
 
 def test_entropy_fixed_point_and_stationary_point():
-    from companion.theory import symbolic
+    from passk_companion.theory import symbolic
 
     j1 = stationary.entropy_fixed_point(lambda p: 1.0, 4, 60, 0.3)
     assert j1 == pytest.approx(float(symbolic.entropy_optimum_j1(4, 60, 0.3)), rel=1e-10)

@@ -1,5 +1,5 @@
-"""max@k with real-valued rewards (companion.theory.maxk) and PKPO's Gaussian toy
-(companion.theory.gaussian_toy): exact values against enumeration, Theorem 3.1 on 0/1 tables,
+"""max@k with real-valued rewards (passk_companion.theory.maxk) and PKPO's Gaussian toy
+(passk_companion.theory.gaussian_toy): exact values against enumeration, Theorem 3.1 on 0/1 tables,
 the collinearity condition (SymPy and numerics), the quadrature against a closed form and Monte
 Carlo, and the trainer."""
 
@@ -11,7 +11,7 @@ import pytest
 import sympy as sp
 import torch
 
-from companion.theory import exact, gaussian_toy, maxk
+from passk_companion.theory import exact, gaussian_toy, maxk
 
 
 def random_policy(seed, p=6, m=5, values=None):

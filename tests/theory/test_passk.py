@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.theory import passk
+from passk_companion.theory import passk
 
 
 def exact_estimator(n: int, c: int, k: int) -> Fraction:
@@ -190,7 +190,7 @@ def test_integers_beyond_int64_are_refused_with_the_right_message(n):
 def test_signal_size_is_the_derivative_in_the_correct_logit():
     import torch
 
-    from companion.theory import exact, passk
+    from passk_companion.theory import exact, passk
 
     for p, k in ((0.1, 4), (0.5, 2), (0.9, 8)):
         z = torch.tensor([[math.log(p / (1 - p)), 0.0]], dtype=torch.float64)

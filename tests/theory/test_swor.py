@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from companion.theory import exact, passk, sampling
+from passk_companion.theory import exact, passk, sampling
 
 
 def sequential_law(probs):
@@ -91,7 +91,7 @@ def test_swor_bad_input():
 def test_symbolic_swor_matches_dp_and_minor_has_even_split_factor():
     import sympy as sp
 
-    from companion.theory import symbolic
+    from passk_companion.theory import symbolic
 
     q = [sp.Rational(2, 10), sp.Rational(4, 10), sp.Rational(2, 10), sp.Rational(1, 10)]
     q.append(1 - sum(q))

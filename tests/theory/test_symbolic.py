@@ -4,7 +4,7 @@ import pytest
 import sympy as sp
 import torch
 
-from companion.theory import exact, passk, symbolic
+from passk_companion.theory import exact, passk, symbolic
 
 
 def test_general_statement_residuals_are_zero():

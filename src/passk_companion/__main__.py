@@ -1,0 +1,3 @@
+from passk_companion.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""Pre-registered decision rules: params/preregistered/<notebook>.yaml, read strictly.
+
+A pre-registration fixes, before the run it decides, everything a decision depends on: the
+primary measure, the matched levels, the equivalence margin, the family-wise level and its
+multiplicity rule, the direction of every row, and the design (graphs, bases, seeds). It is
+committed before the results, so the history shows the order. :func:`load` refuses a file with an
+unknown, missing or mistyped key, naming it; the decisions (passk_companion.model.analysis.decide)
+take their values from the returned object only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from passk_companion import validation as check
+
+__all__ = ["Row", "Design", "GradCheck", "Preregistration", "load", "CLAIMS", "MEASURES"]
+
+CLAIMS = ("equivalent", "greater", "less")
+# the decided measures passk_companion.model.analysis knows
+MEASURES = ("test_modes_eff", "hard_j1_gain")
+MULTIPLICITY = ("holm",)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One pre-registered comparison: `arm` against `reference` (another arm, or "base": the
+    same run at step 0) at the matched `level`, on `measure`, with the claimed direction."""
+
+    id: str
+    arm: str
+    reference: str
+    level: str
+    claim: str
+    measure: str
+
+
+@dataclass(frozen=True)
+class Design:
+    """The units of one profile's run: the grid file and its graphs, bases and RL seeds."""
+
+    grid: str
+    graphs: tuple[int, ...]
+    bases: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GradCheck:
+    """Theorem 3.1 at fixed parameters: slope 1 and intercept 0 of log(gradient-norm ratio) on
+    log alpha_k, each an equivalence within its margin at level `alpha` (two one-sided tests)."""
+
+    k: int
+    groups: int
+    margin_slope: float
+    margin_intercept: float
+    alpha: float
+
+
+@dataclass(frozen=True)
+class Preregistration:
+    """A validated pre-registration (see params/preregistered/04.yaml for every field)."""
+
+    path: str
+    version: int
+    question: str
+    primary_measure: str
+    secondary_measures: tuple[str, ...]
+    levels: dict[str, float]
+    equivalence_margin: float
+    alpha: float
+    multiplicity: str
+    interval: str
+    bootstrap_resamples: int
+    bootstrap_seed: int
+    reach_fraction: float
+    kl_trained: float
+    hard_j1: float
+    min_hard_prompts: int
+    family: tuple[Row, ...]
+    grad_check: GradCheck
+    design: dict[str, Design]
+    rationale: dict[str, str]
+
+    def row(self, row_id: str) -> Row:
+        """The family row with this id (KeyError naming it otherwise)."""
+        for r in self.family:
+            if r.id == row_id:
+                return r
+        raise KeyError(f"{row_id!r} is not a row of {self.path}")
+
+    def arms(self) -> list[str]:
+        """Every arm the family compares (arms and references, "base" excluded), in order."""
+        names = [n for r in self.family for n in (r.arm, r.reference) if n != "base"]
+        return list(dict.fromkeys(names))
+
+
+def _keys(data: Any, where: str, required: set[str], optional: set[str] = frozenset()) -> dict:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - required - optional)
+    missing = sorted(required - set(data))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}")
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}")
+    return data
+
+
+def _ints(values: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{name} must be a non-empty list of integers")
+    out = tuple(check.integer(v, f"{name} entry", minimum=0) for v in values)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} repeats an entry: {list(out)}")
+    return out
+
+
+def _text(value: Any, name: str) -> str:
+    return check.string(value, name, allow_empty=False, max_length=20_000)
+
+
+_TOP = {
+    "version", "question", "primary_measure", "secondary_measures", "levels",
+    "equivalence_margin", "alpha", "multiplicity", "interval", "bootstrap_resamples",
+    "bootstrap_seed", "reach_fraction", "kl_trained", "hard_j1", "min_hard_prompts", "family",
+    "grad_check", "design", "rationale",
+}  # fmt: skip
+
+
+def load(path: str | Path) -> Preregistration:
+    """Read and validate a pre-registration file (YAML, safe loader); ValueError naming the file
+    and the key when it is not a valid one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no pre-registration file at {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    try:
+        return _parse(data, str(path))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def _parse(data: Any, source: str) -> Preregistration:
+    d = _keys(data, "the file", _TOP)
+    check.integer(d["version"], "version", minimum=1, maximum=1)
+    primary = check.choice(d["primary_measure"], "primary_measure", MEASURES)
+    secondary = d["secondary_measures"]
+    if not isinstance(secondary, list) or not all(isinstance(s, str) for s in secondary):
+        raise ValueError("secondary_measures must be a list of column names")
+    levels = _keys(
+        d["levels"], "levels", set(d["levels"]) if isinstance(d["levels"], dict) else set()
+    )
+    if not levels:
+        raise ValueError("levels must name at least one matched level")
+    levels = {
+        check.string(k, "levels key", allow_empty=False): check.number(
+            v, f"levels.{k}", low=0, high=1, low_open=True
+        )
+        for k, v in levels.items()
+    }
+    margin = check.number(d["equivalence_margin"], "equivalence_margin", low=0, low_open=True)
+    alpha = check.number(d["alpha"], "alpha", low=0, high=0.5, low_open=True, high_open=True)
+    multiplicity = check.choice(d["multiplicity"], "multiplicity", MULTIPLICITY)
+    family = d["family"]
+    if not isinstance(family, list) or not family:
+        raise ValueError("family must be a non-empty list of rows")
+    rows = []
+    for i, raw in enumerate(family):
+        r = _keys(raw, f"family[{i}]", {"id", "arm", "reference", "level", "claim"}, {"measure"})
+        row = Row(
+            id=check.string(r["id"], f"family[{i}].id", allow_empty=False, max_length=120),
+            arm=check.string(r["arm"], f"family[{i}].arm", allow_empty=False),
+            reference=check.string(r["reference"], f"family[{i}].reference", allow_empty=False),
+            level=check.choice(r["level"], f"family[{i}].level", list(levels)),
+            claim=check.choice(r["claim"], f"family[{i}].claim", CLAIMS),
+            measure=check.choice(r.get("measure", primary), f"family[{i}].measure", MEASURES),
+        )
+        if row.reference == "base" and row.claim == "equivalent":
+            raise ValueError(f"family[{i}]: a change from the base is decided by direction")
+        rows.append(row)
+    ids = [r.id for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"family ids must be unique, got {ids}")
+    g = _keys(
+        d["grad_check"], "grad_check", {"k", "groups", "margin_slope", "margin_intercept", "alpha"}
+    )
+    grad = GradCheck(
+        k=check.integer(g["k"], "grad_check.k", minimum=2, maximum=1024),
+        groups=check.integer(g["groups"], "grad_check.groups", minimum=2, maximum=100_000),
+        margin_slope=check.number(
+            g["margin_slope"], "grad_check.margin_slope", low=0, low_open=True
+        ),
+        margin_intercept=check.number(
+            g["margin_intercept"], "grad_check.margin_intercept", low=0, low_open=True
+        ),
+        alpha=check.number(g["alpha"], "grad_check.alpha", low=0, high=0.5, low_open=True),
+    )
+    designs = d["design"]
+    if not isinstance(designs, dict) or not designs:
+        raise ValueError("design must map profiles to their units")
+    design = {}
+    for name, raw in designs.items():
+        u = _keys(raw, f"design.{name}", {"grid", "graphs", "bases", "seeds"})
+        design[str(name)] = Design(
+            grid=check.string(u["grid"], f"design.{name}.grid", allow_empty=False),
+            graphs=_ints(u["graphs"], f"design.{name}.graphs"),
+            bases=_ints(u["bases"], f"design.{name}.bases"),
+            seeds=_ints(u["seeds"], f"design.{name}.seeds"),
+        )
+    rationale = d["rationale"]
+    if not isinstance(rationale, dict):
+        raise ValueError("rationale must map topics to text")
+    fraction = check.number(d["reach_fraction"], "reach_fraction", low=0, high=1, low_open=True)
+    if not math.isfinite(fraction):
+        raise ValueError("reach_fraction must be finite")
+    return Preregistration(
+        path=source,
+        version=int(d["version"]),
+        question=_text(d["question"], "question"),
+        primary_measure=primary,
+        secondary_measures=tuple(secondary),
+        levels=levels,
+        equivalence_margin=margin,
+        alpha=alpha,
+        multiplicity=multiplicity,
+        interval=_text(d["interval"], "interval"),
+        bootstrap_resamples=check.integer(
+            d["bootstrap_resamples"], "bootstrap_resamples", minimum=100, maximum=1_000_000
+        ),
+        bootstrap_seed=check.integer(d["bootstrap_seed"], "bootstrap_seed", minimum=0),
+        reach_fraction=fraction,
+        kl_trained=check.number(d["kl_trained"], "kl_trained", low=0),
+        hard_j1=check.number(d["hard_j1"], "hard_j1", low=0, high=1, low_open=True),
+        min_hard_prompts=check.integer(d["min_hard_prompts"], "min_hard_prompts", minimum=1),
+        family=tuple(rows),
+        grad_check=grad,
+        design=design,
+        rationale={str(k): _text(v, f"rationale.{k}") for k, v in rationale.items()},
+    )

@@ -1,0 +1,265 @@
+"""Execute the notebooks with papermill, atomically: what `make reproduce` and `make execute` run.
+
+* ``reproduce``: each selected notebook runs with the profile's parameter file
+  (params/<profile>/<stem>.yaml) into a temporary file next to results/notebooks/<stem>.ipynb, which
+  replaces the old copy only when the whole notebook ran. A notebook that fails is kept as
+  results/failed/<stem>.ipynb (never where `passk-companion html` would render it) and stops the
+  run. Figures, claims and tables go to the results folder ($PASSK_COMPANION_RESULTS for the
+  kernel).
+* ``execute``: regenerates the *stored* outputs of notebooks/ (the ci defaults, no parameters),
+  then strips papermill's volatile metadata (nbstripout --keep-output --keep-count), again through
+  a temporary file.
+
+Values that come from the command line (profile, notebook prefixes, results folder) are data:
+they are validated here and never reach a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from passk_companion import profiles
+from passk_companion.files import remove_stale_temporaries, temporary, writable_dir
+from passk_companion.repro import notebooks_dir
+
+__all__ = ["select", "reproduce", "execute", "store_evidence"]
+
+KERNEL = "passk_companion"
+STRIP_KEYS = "metadata.papermill cell.metadata.papermill cell.metadata.execution"
+# the folders of a results folder that the notebooks and the commands write files into
+RESULT_FOLDERS = ("notebooks", "failed", "claims", "figures", "tables", "site", "site/figures")
+
+
+def select(prefixes: str | None, folder: Path | None = None) -> list[Path]:
+    """The notebooks whose names start with one of the whitespace- or comma-separated
+    `prefixes` (all notebooks when empty). Every prefix must match: ValueError listing them."""
+    folder = folder or notebooks_dir()
+    every = sorted(folder.glob("[0-9]*.ipynb"))
+    if not every:
+        raise ValueError(f"no notebooks in {folder}")
+    tokens = [t for t in re.split(r"[\s,]+", prefixes or "") if t]
+    if not tokens:
+        return every
+    chosen: list[Path] = []
+    for token in tokens:
+        hits = [nb for nb in every if nb.name.startswith(token)]
+        if not hits:
+            names = ", ".join(nb.stem for nb in every)
+            raise ValueError(f"NB={token!r} matches no notebook; the notebooks are: {names}")
+        chosen.extend(h for h in hits if h not in chosen)
+    return sorted(chosen)
+
+
+def _kernel() -> str:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL)
+        return KERNEL
+    except NoSuchKernel:
+        return "python3"  # the interpreter running this (jupyter_client maps "python")
+
+
+def _run_atomic(
+    nb: Path,
+    final: Path,
+    parameters: dict,
+    results: Path,
+    failed_dir: Path | None,
+    post: Callable[[Path], None] | None = None,
+) -> None:
+    import papermill as pm
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # a hidden name ending in .passk_companion.tmp.ipynb: papermill and nbstripout accept it, globs
+    # of the notebooks ("[0-9]*.ipynb") skip it, and remove_stale_temporaries knows it
+    fd, tmp = temporary(final, suffix=".ipynb")
+    os.close(fd)
+    os.environ["PASSK_COMPANION_RESULTS"] = str(results)
+    try:
+        pm.execute_notebook(
+            str(nb),
+            str(tmp),
+            parameters=parameters,
+            cwd=str(nb.parent),
+            kernel_name=_kernel(),
+            progress_bar=False,
+        )
+        if post is not None:
+            post(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        if failed_dir is not None and tmp.exists() and tmp.stat().st_size:
+            failed_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, failed_dir / final.name)
+            print(f"   failed notebook kept as {failed_dir / final.name}", file=sys.stderr)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+RESUME_PARAMETER = "reuse_runs"  # a notebook with this parameter keeps finished trials if True
+
+
+def _params(profile: str, nb: Path, root: Path, resume: bool = False) -> dict:
+    """The parameters papermill injects: params/<profile>/<stem>.yaml, and with `resume`
+    RESUME_PARAMETER = True where the notebook has it (its finished sweep trials are kept)."""
+    path = root / "params" / profile / f"{nb.stem}.yaml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of parameter names to values")
+    if resume:
+        import papermill as pm
+
+        if RESUME_PARAMETER in pm.inspect_notebook(str(nb)):
+            data = {**data, RESUME_PARAMETER: True}
+    return data
+
+
+def reproduce(
+    profile: str,
+    prefixes: str | None,
+    results: str | os.PathLike,
+    store: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> Path:
+    """Run the selected notebooks at `profile` into `results` (see the module docstring), then
+    write results/REPORT.md and return its path. With `store`, one notebook's run is also kept as
+    evidence there (:func:`store_evidence`). With `resume`, notebooks that run sweeps keep the
+    trials an interrupted run of the same command finished (a fresh run deletes them)."""
+    if profile not in profiles.PROFILES:
+        raise ValueError(f"unknown PROFILE {profile!r}; use one of {', '.join(profiles.PROFILES)}")
+    notebooks = select(prefixes)
+    if store is not None and len(notebooks) != 1:
+        raise ValueError("--store keeps the evidence of one notebook: name one with --nb")
+    root = notebooks[0].parent.parent
+    results = writable_dir(results, "RESULTS").absolute()
+    # only the folders this command and the notebooks write (atomically) into, not below them
+    remove_stale_temporaries(results, *(results / sub for sub in RESULT_FOLDERS))
+    started = time.perf_counter()
+    for nb in notebooks:
+        print(f"== {nb.stem} (profile {profile})", flush=True)
+        t0 = time.perf_counter()
+        _run_atomic(
+            nb,
+            results / "notebooks" / nb.name,
+            _params(profile, nb, root, resume),
+            results,
+            results / "failed",
+        )
+        (results / "failed" / nb.name).unlink(missing_ok=True)
+        print(f"   done in {time.perf_counter() - t0:.0f} s", flush=True)
+    from passk_companion.evidence.report import build
+
+    if store is not None:
+        command = (
+            f"python -m passk_companion reproduce --profile {profile} --nb {prefixes} "
+            f"--store {store}"
+        )
+        store_evidence(results, Path(store), notebooks[0], command, time.perf_counter() - started)
+    return build(results)
+
+
+def _commit(root: Path) -> str:
+    """The checkout's commit, "+ local changes" when the tree differs from it ("unknown" when
+    git cannot tell)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + local changes" if dirty else "")
+
+
+def store_evidence(results: Path, dest: Path, notebook: Path, command: str, wall_s: float) -> Path:
+    """Keep a finished run of `notebook` in `dest` (evidence of a deciding run, committed with
+    the repository): the executed notebook, its claims file, its tables (gzip-compressed CSV),
+    its figures, and RUN.md with the command, the commit, the wall time and the machine. Files
+    are written atomically; `dest` is replaced as a whole only once everything is copied."""
+    import gzip
+    import platform
+    import shutil
+
+    stem = notebook.stem
+    prefix = stem.split("_")[0]
+    dest = Path(dest).absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)  # staging beside dest: one rename at the end
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.{os.getpid()}."))
+    try:
+        shutil.copyfile(results / "notebooks" / notebook.name, staging / notebook.name)
+        shutil.copyfile(results / "claims" / f"{stem}.csv", staging / "claims.csv")
+        (staging / "tables").mkdir()
+        for table in sorted((results / "tables").glob(f"{prefix}_*.csv")):
+            with table.open("rb") as src, (staging / "tables" / f"{table.name}.gz").open("wb") as f:
+                with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as out:  # reproducible bytes
+                    shutil.copyfileobj(src, out)
+        (staging / "figures").mkdir()
+        for figure in sorted((results / "figures").glob(f"{prefix}_*.png")):
+            shutil.copyfile(figure, staging / "figures" / figure.name)
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.machine(),
+        ) if Path("/proc/cpuinfo").is_file() else platform.machine()  # fmt: skip
+        (staging / "RUN.md").write_text(
+            f"# Evidence: {stem}\n\n"
+            f"- command: `{command}`\n"
+            f"- commit: {_commit(notebook.parent.parent)}\n"
+            f"- wall time: {wall_s / 60:.1f} min\n"
+            f"- machine: {os.cpu_count()} CPU cores ({cpu}), {platform.platform()}\n"
+            f"- files: the executed notebook, claims.csv (its verdicts), tables/ (what they were "
+            f"decided from), figures/\n",
+            encoding="utf-8",
+        )
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def _strip(path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "nbstripout",
+        "--keep-output",
+        "--keep-count",
+        "--extra-keys",
+        STRIP_KEYS,
+        str(path),
+    ]
+    subprocess.run(cmd, check=True)
+
+
+def execute(prefixes: str | None, results: str | os.PathLike = "build/execute-results") -> None:
+    """Regenerate the stored outputs of the selected notebooks in place (ci defaults)."""
+    notebooks = select(prefixes)
+    results = Path(results)
+    if not results.is_absolute():
+        results = notebooks[0].parent.parent / results
+    remove_stale_temporaries(notebooks[0].parent)
+    for nb in notebooks:
+        print(f"== executing {nb.name}", flush=True)
+        t0 = time.perf_counter()
+        _run_atomic(nb, nb, {}, results, None, post=_strip)
+        print(f"   done in {time.perf_counter() - t0:.0f} s", flush=True)
