@@ -16,7 +16,9 @@ its optimizer step, summed over the steps (not setup, pretraining, model buildin
   * TRL: a callback from on_step_begin to on_step_end (generation, rewards, advantages, forward,
     backward, clipping, optimizer step);
   * passk_companion: the step phases `rl.train_rl` writes to timings.json (sampling, verification,
-    weights, forward + backward + clipping + optimizer step), for a run with no evaluation between.
+    weights, forward + backward + clipping + optimizer step), for a run with no evaluation between;
+    and the same for --ensemble runs (seeds) trained as one ensemble, reported in run-steps per
+    second and per core-second (every run's share of the ensemble's step time, summed).
 Wall-clock time; and CPU time of this process as well where timings.json records it ("cpu"),
 which a shared machine disturbs much less (TRL's is taken in the same callback). After --warmup
 uncounted repetitions, each of --repeats repetitions trains both, one after the other in this
@@ -99,24 +101,26 @@ def gpt2_copy(model: GPT, task) -> GPT2LMHeadModel:
             pad_token_id=task.pad,
         )
     )
-    state = {
-        "transformer.wte.weight": model.tok.weight,
-        "transformer.wpe.weight": model.pos.weight,
-        "transformer.ln_f.weight": model.ln_f.weight,
-        "transformer.ln_f.bias": model.ln_f.bias,
-        "lm_head.weight": model.tok.weight,
+    state = {  # run 0 of our (one-run) ensemble
+        "transformer.wte.weight": model.tok.weight[0],
+        "transformer.wpe.weight": model.pos.weight[0],
+        "transformer.ln_f.weight": model.ln_f.weight[0],
+        "transformer.ln_f.bias": model.ln_f.bias[0],
+        "lm_head.weight": model.tok.weight[0],
     }
     for i, blk in enumerate(model.blocks):
         h = f"transformer.h.{i}."
         for ours, theirs in ((blk.ln1, "ln_1"), (blk.ln2, "ln_2")):
-            state[h + theirs + ".weight"], state[h + theirs + ".bias"] = ours.weight, ours.bias
+            state[h + theirs + ".weight"] = ours.weight[0]
+            state[h + theirs + ".bias"] = ours.bias[0]
         for ours, theirs in (
             (blk.qkv, "attn.c_attn"),
             (blk.proj, "attn.c_proj"),
-            (blk.mlp[0], "mlp.c_fc"),
-            (blk.mlp[2], "mlp.c_proj"),
+            (blk.fc, "mlp.c_fc"),
+            (blk.out, "mlp.c_proj"),
         ):
-            state[h + theirs + ".weight"], state[h + theirs + ".bias"] = ours.weight.T, ours.bias
+            state[h + theirs + ".weight"] = ours.weight[0].T
+            state[h + theirs + ".bias"] = ours.bias[0]
     hf.load_state_dict({k: v.detach().clone().contiguous() for k, v in state.items()})
     return hf
 
@@ -212,17 +216,24 @@ class TrlRunner:
 
 
 def run_companion(
-    base: GPT, task, prof: config.ProfileConfig, steps: int
+    base: GPT, task, prof: config.ProfileConfig, steps: int, runs: int = 1
 ) -> tuple[float, float, int]:
-    """Our GRPO from a copy of `base`: (wall s, CPU s or nan, rollout tokens) of the steps."""
+    """Our GRPO from copies of `base`, `runs` of them (seeds 0 .. runs - 1) as one ensemble:
+    (wall s, CPU s or nan, rollout tokens) of the steps of all the runs together."""
     cfg = dataclasses.replace(
         prof.rl, objective="grpo", steps=steps, eval_every=steps, device="cpu"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        rl.train_rl(base, prof, cfg, Path(tmp), progress=False)
-        tm = json.loads((Path(tmp) / "timings.json").read_text())
-    wall = sum(tm[k] for k in ("sample", "verify", "weights", "backward"))
-    return wall, tm.get("cpu", float("nan")), int(tm["rollout_tokens"])
+        group = [rl.Run(base, prof, dataclasses.replace(cfg, seed=r), Path(tmp) / f"r{r}")
+                 for r in range(runs)]  # fmt: skip
+        results = rl.train_ensemble(group, progress=False)
+        if results[0].error is not None:
+            raise results[0].error
+        shares = [json.loads((Path(tmp) / f"r{r}" / "timings.json").read_text())
+                  for r in range(runs)]  # fmt: skip
+    wall = sum(tm[k] for tm in shares for k in ("sample", "verify", "weights", "backward"))
+    cpu = sum(tm.get("cpu", float("nan")) for tm in shares)
+    return wall, cpu, int(sum(tm["rollout_tokens"] for tm in shares))
 
 
 def spread(name: str, ratios: list[float]) -> str:
@@ -247,12 +258,16 @@ def main() -> None:
         help="our model's numerics (float32 by default, as TRL's; the CPU profiles' own is "
         "'portable', float64)",
     )
+    ap.add_argument(
+        "--ensemble", type=int, default=16, help="also time this many runs as one ensemble"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke profile, fresh, 2 steps, 1 run")
     args = ap.parse_args()
     if args.quick:
         args.profile, args.init, args.steps, args.repeats, args.warmup = "smoke", "fresh", 2, 1, 0
-    if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
-        ap.error("--steps and --repeats must be >= 1, --warmup >= 0")
+        args.ensemble = 4
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.ensemble < 1:
+        ap.error("--steps, --repeats and --ensemble must be >= 1, --warmup >= 0")
     torch.set_num_threads(1)
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -276,7 +291,7 @@ def main() -> None:
         f"difference| {diff:.1e}"
     )
     trl = TrlRunner(base, task, prof, args.steps)
-    walls, cpus, snap_group = [], [], []
+    walls, cpus, snap_group, ens_walls, ens_cpus = [], [], [], [], []
     for rep in range(-args.warmup, args.repeats):
         trl_wall, trl_cpu, trl_tokens, snaps = trl.run("group")
         snap_group = snap_group or snaps
@@ -292,9 +307,20 @@ def main() -> None:
             f"{trl_tokens / trl_wall:8.0f} tokens/s | companion {args.steps / wall:6.2f} steps/s "
             f"{tokens / wall:8.0f} tokens/s | ratio {walls[-1]:.2f}x wall{cpu_note}"
         )
+        e_wall, e_cpu, _ = run_companion(base, task, prof, args.steps, args.ensemble)
+        ens_walls.append(trl_wall / (e_wall / args.ensemble))  # run-steps per second, vs TRL's
+        ens_cpus.append(trl_cpu / (e_cpu / args.ensemble))
+        print(
+            f"           ensemble of {args.ensemble}: {args.ensemble * args.steps / e_wall:6.2f} "
+            f"run-steps/s | ratio {ens_walls[-1]:.2f}x wall, {ens_cpus[-1]:.2f}x CPU"
+        )
     print("  " + spread("ratio companion / TRL, wall-clock steps/s", walls))
     if all(c == c for c in cpus):  # no NaN: timings.json records CPU time
         print("  " + spread("ratio companion / TRL, CPU time per step", cpus))
+    print("  " + spread(f"ratio ensemble of {args.ensemble} / TRL, run-steps per second",
+                        ens_walls))  # fmt: skip
+    print("  " + spread(f"ratio ensemble of {args.ensemble} / TRL, run-steps per core-second",
+                        ens_cpus))  # fmt: skip
 
     _, _, _, snap_none = trl.run("none")
     for scale, name, snaps in (("group", "grpo", snap_group), ("none", "dr_grpo", snap_none)):

@@ -15,7 +15,8 @@
    (passk_companion.model.portable: the same bits on every CPU) against torch's float32 kernels, on
    the same model (cast), prompts and seed in the same run; ratio printed.
 5. --estimate: time a few pretraining and RL steps of the `gpu` profile on this machine and
-   extrapolate one whole run (an estimate, not a measurement).
+   extrapolate one whole run (an estimate, not a measurement), and the RL steps of --ensemble
+   runs trained as one ensemble.
 
 The model is the profile's base after a short pretraining (at most --pretrain-steps steps), since
 RL starts from a base: its rollouts end at different lengths and often repeat, as in training.
@@ -96,6 +97,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=150, help="0: an untrained model")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--estimate", action="store_true", help="extrapolate the gpu profile")
+    ap.add_argument("--ensemble", type=int, default=4, help="--estimate: runs of one ensemble")
     ap.add_argument("--device", default=None)
     ap.add_argument("--quick", action="store_true", help="smoke, untrained, 2 steps: seconds")
     args = ap.parse_args()
@@ -214,6 +216,23 @@ def main() -> None:
             print(
                 f"  estimated one run: {est / 3600:.1f} h (ESTIMATE, extrapolated, at most "
                 f"{full.pretrain.steps} pretraining steps, 1 thread)"
+            )
+            runs = [
+                rl.Run(fmodel, full, dataclasses.replace(fcfg, seed=r), Path(tmp) / f"ens{r}")
+                for r in range(args.ensemble)
+            ]
+            rl.train_ensemble(runs, progress=False)
+            phases = ("sample", "verify", "weights", "backward")
+            shares = [json.loads((r.out / "timings.json").read_text()) for r in runs]
+            ens_rl = sum(t[k] for t in shares for k in phases) / 2 / args.ensemble
+            ens_est = per_pre * full.pretrain.steps + args.ensemble * (
+                ens_rl * full.rl.steps + per_eval * n_evals
+            )
+            print(
+                f"  in an ensemble of {args.ensemble}: {ens_rl:.2f} s per RL step and run "
+                f"({per_rl / ens_rl:.2f}x one run's), so {args.ensemble} runs of one base would "
+                f"take about {ens_est / 3600:.1f} h (ESTIMATE, from 2 steps; evaluations counted "
+                "one run at a time)"
             )
     print(f"\n(wall time of the RL part: {wall:.1f} s)")
 

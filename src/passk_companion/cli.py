@@ -108,7 +108,11 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run a grid of train runs (local processes or Ray)")
     s.add_argument("grid", help="grid file (YAML): profile, overrides, grid")
     s.add_argument("--backend", default="local", choices=("local", "ray"))
-    s.add_argument("--workers", type=_positive_int, default=1, help="parallel trials")
+    s.add_argument("--workers", type=_positive_int, default=1, help="parallel jobs (processes)")
+    s.add_argument(
+        "--ensemble", type=_positive_int, default=None,
+        help="the most trials a job trains as one batched ensemble (default 16; 1: one each)",
+    )  # fmt: skip
     s.add_argument("--out", required=True, help="sweep folder (trial folders, results.csv)")
     s.add_argument("--address", default=None, help="Ray cluster address (else $RAY_ADDRESS)")
     s.add_argument("--gpus-per-trial", type=_finite, default=None, help="ray: fractional GPUs")
@@ -213,6 +217,7 @@ def _sweep(args: argparse.Namespace) -> int:
             gpus_per_trial=args.gpus_per_trial,
             progress=not args.quiet,
             **({"max_trials": args.max_trials} if args.max_trials else {}),
+            **({"ensemble": args.ensemble} if args.ensemble else {}),
         )
     except (sweep.Interrupted, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, sweep.Interrupted) else 2  # SIGINT

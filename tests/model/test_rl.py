@@ -113,7 +113,11 @@ def test_run_key_ignores_the_device_spelling_and_includes_threads(base, task, tm
     assert len(rl.train_rl(base, SMOKE, other, tmp_path, fresh=True, progress=False)) == 2
 
 
-def test_base_key_includes_threads_and_the_regime_rule():
+def test_base_key_includes_threads_the_regime_rule_and_the_code(monkeypatch):
+    before = pretrain.base_key(SMOKE, threads=1)
+    monkeypatch.setattr(pretrain, "code_digest", lambda: "0123456789abcdef")
+    assert pretrain.base_key(SMOKE, threads=1) != before
+    monkeypatch.undo()
     assert pretrain.base_key(SMOKE, threads=1) != pretrain.base_key(SMOKE, threads=2)
     strict = dataclasses.replace(SMOKE, regime=evaluation.RegimeRule(mean_low=0.5))
     assert pretrain.base_key(SMOKE, threads=1) != pretrain.base_key(strict, threads=1)
@@ -210,10 +214,12 @@ def test_distinct_correct_counts_unique_valid_paths(task):
             self.anchor = torch.nn.Parameter(torch.zeros(1))
             self.cfg = type("C", (), {"vocab_size": task.vocab_size})()
 
-        def new_cache(self, batch):
+        runs = 1
+
+        def new_cache(self, batch, run=None):
             return None
 
-        def forward(self, idx, cache=None):
+        def forward(self, idx, cache=None, run=None):
             step = idx.shape[1] - 3
             logits = torch.full((idx.shape[0], idx.shape[1], task.vocab_size), -1e9)
             token = self.path[step] if step < len(self.path) else task.pad
@@ -241,13 +247,39 @@ def test_prompts_at_matched_interpolates_like_the_aggregate():
     assert analysis.prompts_at_matched(metrics, prompts, 0.9) is None
 
 
-def test_a_run_with_stop_gain_ends_at_the_first_evaluation_past_it_and_stays_ended(base, tmp_path):
-    cfg = dataclasses.replace(SMOKE.rl, steps=40, eval_every=2, lr=3e-3, stop_gain=0.02)
+def _rising(monkeypatch, column: str, start: float, per_step: float) -> None:
+    """Every evaluation reports `column` = start + per_step * step, whatever the model does."""
+    real = rl._evaluate
+
+    def rising(ens, due):
+        out = real(ens, due)
+        for row, _ in out.values():
+            row[column] = start + per_step * row["step"]
+        return out
+
+    monkeypatch.setattr(rl, "_evaluate", rising)
+
+
+def test_a_run_with_stop_gain_ends_at_the_first_evaluation_past_it_and_stays_ended(
+    base, tmp_path, monkeypatch
+):
+    _rising(monkeypatch, "test_j1", 0.1, 0.005)
+    cfg = dataclasses.replace(SMOKE.rl, steps=40, eval_every=2, stop_gain=0.02)
     first = rl.train_rl(base, SMOKE, cfg, tmp_path, progress=False)
-    gains = first.test_j1 - first.test_j1.iloc[0]
-    assert gains.iloc[-1] >= 0.02 and (gains.iloc[:-1] < 0.02).all()  # stopped at the first one
-    assert first.step.iloc[-1] < 40
+    assert first.step.tolist() == [0, 2, 4]  # gain 0.02 first reached at step 4
     again = rl.train_rl(base, SMOKE, cfg, tmp_path, progress=False)  # resumes: nothing to do
     pd.testing.assert_frame_equal(first, again)
     with pytest.raises(ValueError, match="stop_gain"):
         dataclasses.replace(cfg, stop_gain=1.5)
+
+
+def test_early_evaluations_and_the_train_j1_stop(base, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(SMOKE.rl, steps=12, eval_every=5, eval_early_every=2,
+                              eval_early_until=6)  # fmt: skip
+    assert rl.evaluation_steps(cfg) == [0, 2, 4, 5, 6, 10, 12]
+    _rising(monkeypatch, "train_j1", 0.5, 0.05)
+    stopped = rl.train_rl(base, SMOKE, dataclasses.replace(cfg, stop_train_j1=0.9), tmp_path,
+                          progress=False)  # fmt: skip
+    assert stopped.step.tolist() == [0, 2, 4, 5, 6, 10]  # 0.5 + 0.05 * 10 >= 0.9
+    with pytest.raises(ValueError, match="set together"):
+        dataclasses.replace(cfg, eval_early_until=0)

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from passk_companion import cli
-from passk_companion.model import config, pretrain, rl, sweep
+from passk_companion.model import checkpoint, config, pretrain, rl, sweep
+from passk_companion.model.provenance import code_digest
 
 SMOKE_GRID = {
     "profile": "smoke",
@@ -93,6 +94,49 @@ def test_ray_backend_gives_the_same_results(local_run, tmp_path):
     assert result.ok and result.ran == 4
     pd.testing.assert_frame_equal(
         _strip_timing(pd.read_csv(tmp_path / "results.csv")),
+        _strip_timing(pd.read_csv(out / "results.csv")),
+    )
+
+
+@pytest.mark.parametrize("backend,ensemble", [("local", 1), ("local", 3), ("ray", 2)])
+def test_packing_trials_into_ensembles_changes_no_result(local_run, tmp_path, backend, ensemble):
+    """One run per job, or ensembles of 2 or 3 (the default packs all 4 into one), on either
+    backend: the same results.csv."""
+    out, _ = local_run
+    result = sweep.run(sweep.parse_grid(SMOKE_GRID), tmp_path, backend=backend, workers=2,
+                       progress=False, ensemble=ensemble)  # fmt: skip
+    assert result.ok and result.ran == 4
+    pd.testing.assert_frame_equal(
+        _strip_timing(pd.read_csv(tmp_path / "results.csv")),
+        _strip_timing(pd.read_csv(out / "results.csv")),
+    )
+
+
+def test_a_trial_finished_under_other_code_runs_again(local_run, tmp_path):
+    """done.json records the code a trial ran with (a digest of the package's sources): under
+    other code the trial is not reused, and a checkpoint other code wrote is not resumed."""
+    import json
+    import shutil
+
+    out, _ = local_run
+    shutil.copytree(out, tmp_path / "copy")
+    copy = tmp_path / "copy"
+    grid = sweep.parse_grid(SMOKE_GRID)
+    first, second = grid.trials()[:2]
+    done = json.loads((copy / first.name / "done.json").read_text())
+    assert done["code"] == code_digest()
+    done["code"] = "0123456789abcdef"
+    (copy / first.name / "done.json").write_text(json.dumps(done))
+    saved = checkpoint.load(copy / second.name / "checkpoint.pt", {"key": str})
+    saved["code"] = "0123456789abcdef"
+    checkpoint.save(copy / second.name / "checkpoint.pt", saved)
+    (copy / second.name / "done.json").unlink()
+    result = sweep.run(grid, copy, workers=2, progress=False)
+    assert result.ok and (result.ran, result.skipped) == (2, 2)
+    assert "records other code" in result.rerun[first.name]
+    assert any(second.name in n and "written by other code" in n for n in result.notes)
+    pd.testing.assert_frame_equal(
+        _strip_timing(pd.read_csv(copy / "results.csv")),
         _strip_timing(pd.read_csv(out / "results.csv")),
     )
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from passk_companion import cli, files
-from passk_companion.model import sweep
+from passk_companion.model import grid, sweep
 
 TINY = {"profile": "smoke", "overrides": {"steps": 2, "eval_every": 2}, "grid": {"seed": [0, 1]}}
 
@@ -116,7 +116,7 @@ def test_a_grid_file_must_be_a_regular_file(tmp_path):
         assert f"grid file {path} is not a regular file ({kind})" in proc.stderr
         assert "Traceback" not in proc.stderr
     big = tmp_path / "big.yaml"
-    big.write_text("profile: smoke\n" + "#" * sweep.MAX_GRID_BYTES)
+    big.write_text("profile: smoke\n" + "#" * grid.MAX_GRID_BYTES)
     with pytest.raises(ValueError, match="larger than"):
         sweep.load_grid(big)
 
@@ -199,13 +199,13 @@ def test_equal_trials_are_refused(data, message):
 
 
 def test_folder_names_are_injective():
-    digest_form = sweep._trial_name("", {"device": "cuda:1"}).split("=", 1)[1]
+    digest_form = grid._trial_name("", {"device": "cuda:1"}).split("=", 1)[1]
     assert digest_form.startswith("cuda-1-h")
     # a plain value spelt like another value's digest form gets a digest of its own
-    assert sweep._trial_name("", {"objective": digest_form}) != f"objective={digest_form}"
-    names = {sweep._trial_name("v", {"x": v}) for v in ("cuda:1", digest_form, "cuda-1", 1, "1.0")}
+    assert grid._trial_name("", {"objective": digest_form}) != f"objective={digest_form}"
+    names = {grid._trial_name("v", {"x": v}) for v in ("cuda:1", digest_form, "cuda-1", 1, "1.0")}
     assert len(names) == 5
-    assert sweep._trial_name("rloo", {"seed": 0}) == "rloo__seed=0"  # plain names unchanged
+    assert grid._trial_name("rloo", {"seed": 0}) == "rloo__seed=0"  # plain names unchanged
 
 
 # --- finished trials whose files no longer match done.json ----------------------------------
@@ -390,7 +390,7 @@ def test_sigterm_ends_the_workers_too(tmp_path):
 
 def test_one_killed_worker_fails_only_its_trial(tmp_path):
     data = {**LONG, "grid": {"seed": [0, 1, 2]}}
-    driver, out = _start_sweep(tmp_path, data, "--workers", "2")
+    driver, out = _start_sweep(tmp_path, data, "--workers", "2", "--ensemble", "1")
     try:
         holders = _wait_for(lambda: _holders(out, ["seed=0"]), 120)
         assert holders, driver.communicate(timeout=60)
@@ -403,6 +403,30 @@ def test_one_killed_worker_fails_only_its_trial(tmp_path):
     assert "FAILED seed=0: its worker process died (signal 9" in stdout
     status = pd.read_csv(out / "results.csv").groupby("trial").status.first().to_dict()
     assert status == {"seed=0": "failed", "seed=1": "done", "seed=2": "done"}  # the pool went on
+
+
+def test_a_killed_worker_fails_the_unfinished_trials_of_its_ensemble_only(tmp_path):
+    """Two trials in one ensemble: the short one finishes, then the ensemble's worker is killed.
+    The finished one stays done (its done.json), the other fails; the third trial (another job)
+    goes on."""
+    data = {**LONG, "variants": [{"name": "short", "steps": 2, "eval_every": 2},
+                                 {"name": "long", "steps": 2000},
+                                 {"name": "other", "seed": 5}]}  # fmt: skip
+    driver, out = _start_sweep(tmp_path, data, "--workers", "2", "--ensemble", "2")
+    try:
+        assert _wait_for(lambda: (out / "short" / "done.json").exists(), 120), driver.communicate(
+            timeout=60
+        )
+        holders = _wait_for(lambda: _holders(out, ["long"]), 60)
+        assert holders, driver.communicate(timeout=60)
+        os.kill(holders["long"], signal.SIGKILL)
+        stdout, stderr = driver.communicate(timeout=180)
+    finally:
+        driver.kill()
+    assert driver.returncode == 1, stdout + stderr[-3000:]
+    status = pd.read_csv(out / "results.csv").groupby("trial").status.first().to_dict()
+    assert status == {"short": "done", "long": "failed", "other": "done"}
+    assert "FAILED long: its worker process died (signal 9" in stdout, stdout
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

@@ -12,8 +12,8 @@
   ``archive/``, stored, not compressed); the sizes its central directory declares are checked
   against what the caller's configuration can hold (`max_bytes` in all, `max_tensor_bytes` per
   tensor) before torch reads any of it, so a small file cannot inflate into a huge tensor.
-* :func:`restore` and :func:`restore_generator` load tensors into a model, an optimizer or a
-  random generator only when their names and shapes fit: a wrong shape or a bad RNG state is a
+* :func:`restore` and :func:`restore_generator` load tensors into a model or a random
+  generator only when their names and shapes fit: a wrong shape or a bad RNG state is a
   CheckpointError naming the file and the tensor, not a traceback.
 Run folders are held by :func:`passk_companion.files.exclusive` (one run at a time).
 """
@@ -37,7 +37,6 @@ __all__ = [
     "load",
     "is_ours",
     "restore",
-    "restore_optimizer",
     "restore_generator",
     "state_bytes",
 ]
@@ -205,31 +204,6 @@ def restore(
             )
     module.load_state_dict(state)
     return module
-
-
-def restore_optimizer(
-    opt: torch.optim.Optimizer, state: Mapping[str, object], path: str | os.PathLike, what: str,
-    remedy: str,
-) -> torch.optim.Optimizer:  # fmt: skip
-    """`opt` with a loaded optimizer state, refusing one whose groups or per-parameter tensors
-    do not fit its parameters (CheckpointError naming the file)."""
-    try:
-        opt.load_state_dict(dict(state))
-    except (ValueError, KeyError, TypeError, RuntimeError) as err:
-        raise CheckpointError(
-            f"{path} is not a {what} of this configuration (optimizer state: "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}); {remedy}"
-        ) from None
-    for group in opt.param_groups:
-        for param in group["params"]:
-            for key, value in opt.state.get(param, {}).items():
-                if isinstance(value, torch.Tensor) and value.ndim and value.shape != param.shape:
-                    raise CheckpointError(
-                        f"{path} is not a {what} of this configuration (optimizer tensor "
-                        f"{key!r} has shape {tuple(value.shape)}, its parameter's is "
-                        f"{tuple(param.shape)}); {remedy}"
-                    )
-    return opt
 
 
 def restore_generator(

@@ -34,6 +34,7 @@ __all__ = [
     "for_profile",
     "with_base",
     "check_fits",
+    "ensemble_limit",
     "step_bytes",
     "MAX_STEP_BYTES",
     "build_task",
@@ -164,6 +165,9 @@ class RLConfig:
     device: str | None = None  # None: gpt.pick_device (not part of the run key)
     objective_params: dict = field(default_factory=dict)
     stop_gain: float | None = None  # end once test J_1 is this much above the base's (rl.py)
+    stop_train_j1: float | None = None  # end once train J_1 reaches this (saturation, rl.py)
+    eval_early_every: int = 0  # also evaluate every this many steps up to eval_early_until
+    eval_early_until: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.objective_params, dict):
@@ -181,6 +185,11 @@ class RLConfig:
         object.__setattr__(self, "device", _device(self.device))
         if self.stop_gain is not None:
             _fields(self, ("stop_gain",), low=0, high=1, low_open=True)
+        if self.stop_train_j1 is not None:
+            _fields(self, ("stop_train_j1",), low=0, high=1, low_open=True)
+        _integers(self, ("eval_early_every", "eval_early_until"), 0, MAX_STEPS)
+        if (self.eval_early_every == 0) != (self.eval_early_until == 0):
+            raise ValueError("eval_early_every and eval_early_until are set together (or neither)")
         if self.k > self.n:
             raise ValueError(f"k = {self.k} must be <= n = {self.n} (rollouts per prompt)")
         if self.n < obj.min_group:
@@ -272,6 +281,15 @@ def check_fits(
             f"need about {need / 2**30:.0f} GiB at once, more than the limit of "
             f"{limit / 2**30:.0f} GiB; lower n, batch_prompts or kl_samples"
         )
+
+
+def ensemble_limit(
+    profile: ProfileConfig, cfg: RLConfig, task: DagTask, limit: int = MAX_STEP_BYTES
+) -> int:
+    """The most runs of `cfg` one ensemble may hold: R runs compute R times :func:`step_bytes`
+    at once, which must stay within `limit`."""
+    need, _ = step_bytes(profile, cfg, task)
+    return max(1, limit // max(need, 1))
 
 
 def build_task(cfg: TaskConfig) -> DagTask:

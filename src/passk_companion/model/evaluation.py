@@ -26,10 +26,11 @@ import torch
 from torch import Tensor
 
 from passk_companion import objectives as objective_registry
+from passk_companion.model import streams
 from passk_companion.model.generate import sample_iid, sequence_logprob
 from passk_companion.model.gpt import GPT
 from passk_companion.model.tasks import DagTask
-from passk_companion.theory.passk import pass_at_k, pass_at_k_unbiased
+from passk_companion.theory.passk import pass_at_k_unbiased
 
 __all__ = [
     "RegimeRule",
@@ -76,17 +77,33 @@ class RegimeRule:
 
 @dataclass(frozen=True)
 class PathSet:
-    """All valid paths of a list of (source, target) pairs, ready for one batched forward."""
+    """All valid paths of a list of (source, target) pairs, ready for one batched forward; in an
+    ensemble, `run` names the run each path is scored by (None: a single model)."""
 
     pairs: Tensor  # (P, 2)
     prompts: Tensor  # (M, 3): the prompt of each path
     answers: Tensor  # (M, L): path, EOS, PAD...
     owner: Tensor  # (M,): index of the pair of each path
+    run: Tensor | None = None  # (M,): the run of each path, grouped by run
 
     @classmethod
     def build(cls, task: DagTask, pairs: Tensor) -> PathSet:
         answers, owner = task.valid_paths(pairs)
         return cls(pairs, task.prompts(pairs)[owner], answers, owner)
+
+    @classmethod
+    def of_runs(cls, paths: dict[int, PathSet]) -> PathSet:
+        """One set of the paths of several runs (run -> its paths), in run order; the pairs of
+        run r follow those of the runs before it, so `owner` indexes the concatenated pairs."""
+        order = sorted(paths)
+        offsets = torch.cumsum(torch.tensor([0] + [len(paths[r]) for r in order]), 0)
+        return cls(
+            torch.cat([paths[r].pairs for r in order]),
+            torch.cat([paths[r].prompts for r in order]),
+            torch.cat([paths[r].answers for r in order]),
+            torch.cat([paths[r].owner + offsets[i] for i, r in enumerate(order)]),
+            torch.cat([torch.full((len(paths[r].owner),), r) for r in order]),
+        )
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -96,14 +113,17 @@ class PathSet:
 def path_logprobs(
     model: GPT, task: DagTask, paths: PathSet, temperature: float = 1.0, chunk: int = 16384
 ) -> Tensor:
-    """log pi(y_j | x) of every path (float64, shape (M,)), in chunks of `chunk` sequences."""
+    """log pi(y_j | x) of every path (float64, shape (M,)), in chunks of `chunk` sequences (with
+    the portable kernels the chunks change no bit: a row's logits do not depend on its batch)."""
     dev = next(model.parameters()).device
     out = []
     for start in range(0, len(paths.answers), chunk):
         sl = slice(start, start + chunk)
+        run = None if paths.run is None else paths.run[sl].to(dev)
         logp, _ = sequence_logprob(
-            model, paths.prompts[sl].to(dev), paths.answers[sl].to(dev), task.eos, temperature
-        )
+            model, paths.prompts[sl].to(dev), paths.answers[sl].to(dev), task.eos, temperature,
+            run,
+        )  # fmt: skip
         out.append(logp.to(torch.float64).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
@@ -116,7 +136,8 @@ def exact_metrics(
     temperature: float = 1.0,
 ) -> dict[str, Tensor]:
     """Per-prompt exact metrics (module docstring): "j1", "modes_eff" and "distinct@k" for each k
-    in `distinct_ks`, each a float64 tensor of shape (P,)."""
+    in `distinct_ks`, each a float64 tensor of shape (P,) over the pairs of `paths` (of every run
+    of an ensemble, when `paths.run` names them)."""
     was_training = model.training
     model.eval()
     try:
@@ -137,9 +158,25 @@ def exact_metrics(
     entropy = torch.zeros(p, dtype=torch.float64).index_add_(0, paths.owner, -log_q.exp() * log_q)
     out = {"j1": j1.clamp(0, 1), "modes_eff": entropy.exp()}
     for k in distinct_ks:
-        hit = pass_at_k(prob.clamp(max=1.0), k)  # 1 - (1 - pi)^k: y drawn in k tries
+        hit = 1.0 - _power(1.0 - prob.clamp(max=1.0), k)  # 1 - (1 - pi)^k: y drawn in k tries
         out[f"distinct@{k}"] = torch.zeros(p, dtype=torch.float64).index_add_(0, paths.owner, hit)
     return out
+
+
+def _power(x: Tensor, k: int) -> Tensor:
+    """x^k for an integer k >= 1 by repeated squaring: correctly rounded multiplications only,
+    so an entry's value does not depend on its position in the tensor (ATen's vectorised `pow`
+    and its scalar tail round differently)."""
+    if k < 1:
+        raise ValueError(f"distinct@k needs k >= 1, got {k}")
+    out, square = None, x
+    while True:
+        if k & 1:
+            out = square if out is None else out * square
+        k >>= 1
+        if not k:
+            return out
+        square = square * square
 
 
 @torch.no_grad()
@@ -149,19 +186,23 @@ def kl_to_reference(
     task: DagTask,
     pairs: Tensor,
     samples: int,
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator | None],
     temperature: float = 1.0,
+    prompt_run: Tensor | None = None,
 ) -> Tensor:
     """Per-prompt Monte Carlo estimate of KL(pi_model || pi_reference) over whole answers,
-    mean of log pi(y) - log ref(y) over `samples` draws y ~ pi (float64, shape (P,))."""
+    mean of log pi(y) - log ref(y) over `samples` draws y ~ pi (float64, shape (P,)). In an
+    ensemble, `prompt_run` names the run of each pair (grouped by run), `reference` holds one
+    reference per run of `model` and `generator` one generator per run."""
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         prompts = task.prompts(pairs).to(dev)
         answers, logp = sample_iid(
-            model, prompts, samples, task.max_new_tokens, task.eos, task.pad, temperature, generator
-        )
+            model, prompts, samples, task.max_new_tokens, task.eos, task.pad, temperature,
+            generator, prompt_run=prompt_run,
+        )  # fmt: skip
     finally:
         model.train(was_training)
     b, n, length = answers.shape
@@ -171,6 +212,7 @@ def kl_to_reference(
         answers.view(b * n, length),
         task.eos,
         temperature,
+        None if prompt_run is None else prompt_run.to(dev).repeat_interleave(n),
     )
     return (logp.to(torch.float64) - ref_logp.to(torch.float64).view(b, n)).mean(1).cpu()
 
@@ -182,7 +224,7 @@ def evaluate_sampled(
     """Per-prompt sampled evaluation with n i.i.d. samples (the check of the exact one):
     "correct" counts c (P,), "pass@1" = c / n, and "distinct" correct paths among the n."""
     dev = next(model.parameters()).device
-    gen = torch.Generator(device=dev).manual_seed(10_000 + seed)
+    gen = torch.Generator(device=dev).manual_seed(streams.sampled_check(seed))
     model.eval()
     answers, _ = sample_iid(
         model,

@@ -1,4 +1,5 @@
-"""Batched samplers over the sequences of a GPT, both KV-cached.
+"""Batched samplers over the sequences of a GPT ensemble, both KV-cached, and the scoring of
+sequences with gradients.
 
 `sample_iid`: n independent rollouts per prompt (ancestral sampling at temperature tau).
 `sample_swor`: n DISTINCT rollouts per prompt, drawn without replacement by stochastic beam search
@@ -8,26 +9,33 @@ parent's G (a truncated Gumbel), and the top n are kept at every step. The n fin
 sorted by G, are an exact sample of n successive draws without replacement (Plackett-Luce order),
 the law under which `passk_companion.objectives` "swor_ordered" is unbiased.
 
-Both return answers (B, n, L) padded with `pad` after EOS and the sequence log-probabilities
-(B, n) under softmax(logits / tau), detached; `sequence_logprob` recomputes them with gradients.
+Both return answers (P, n, L) padded with `pad` after EOS and the sequence log-probabilities
+(P, n) under softmax(logits / tau), detached; `sequence_logprob` recomputes them with gradients.
+
+Ensembles: `prompt_run` (P,) names the run of each prompt (grouped by run, as
+:class:`passk_companion.model.runs.Runs` needs), and `generator` is one random generator per run.
+Each run draws its uniforms from its own generator, one block per call of
+max_new x (its rows) numbers, so a run draws exactly what it draws alone.
 
 Work that rows share is done once (the RL step's cost, measured by benchmarks/rollout.py and
-benchmarks/peer_trl.py): a prompt is encoded once for its n rollouts; `sample_iid` keeps one cache
+benchmarks/ensemble.py): a prompt is encoded once for its n rollouts; `sample_iid` keeps one cache
 row per distinct prefix drawn so far and drops finished rows; `sequence_logprob` scores identical
-rows once, encodes each prompt once and stops each row at its last counted token. Each shortcut
-is checked against the plain computation in tests/test_model.py.
+prefixes once (a trie), encodes each prompt once and stops each row at its last counted token.
+With the portable kernels these shortcuts change no bit (a row's logits do not depend on the batch);
+tests/model/test_gpt.py checks each against the plain computation.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from passk_companion.model.gpt import GPT, KVCache
+from passk_companion.model.gpt import GPT, Forest, KVCache
+from passk_companion.model.runs import Runs
 
 __all__ = [
     "sample_iid",
@@ -35,8 +43,10 @@ __all__ = [
     "sequence_logprob",
     "answer_mask",
     "distinct_rows",
-    "forward_stages",
+    "prefix_forest",
 ]
+
+Generators = torch.Generator | Sequence[torch.Generator | None] | None
 
 
 def _check(n: int, temperature: float, max_new: int) -> None:
@@ -46,23 +56,50 @@ def _check(n: int, temperature: float, max_new: int) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
-def _draw(logp: Tensor, generator: torch.Generator | None) -> Tensor:
+def _prompt_runs(model: GPT, prompts: Tensor, prompt_run: Tensor | None) -> Tensor:
+    """The run of each prompt: `prompt_run`, or run 0 for every prompt of a single model."""
+    if prompt_run is None:
+        if model.runs != 1:
+            raise ValueError(f"an ensemble of {model.runs} runs needs the run of each prompt")
+        return torch.zeros(len(prompts), dtype=torch.long, device=prompts.device)
+    if len(prompt_run) != len(prompts):
+        raise ValueError(f"{len(prompt_run)} runs for {len(prompts)} prompts")
+    return prompt_run.to(prompts.device)
+
+
+def _uniforms(
+    prompt_run: Tensor, runs: int, generator: Generators, shape: tuple[int, ...],
+    steps: int, device: torch.device,
+) -> Tensor:  # fmt: skip
+    """U[0, 1) draws (steps, P, *shape): those of run r's P_r prompts drawn as one block
+    (steps, P_r, *shape) from run r's generator (`generator` is one per run, or one generator
+    or None for a single run)."""
+    gens = list(generator) if isinstance(generator, Sequence) else [generator] * runs
+    if len(gens) != runs:
+        raise ValueError(f"{len(gens)} random generators for an ensemble of {runs} runs")
+    counts = torch.bincount(prompt_run, minlength=runs).tolist()
+    blocks = [
+        torch.rand((steps, c, *shape), dtype=torch.float64, device=device, generator=g)
+        for c, g in zip(counts, gens, strict=True)
+        if c
+    ]
+    return torch.cat(blocks, 1)
+
+
+def _draw(logp: Tensor, u: Tensor) -> Tensor:
     """One token per row from the probabilities p = exp(logp) (R, V), by inversion: with
-    U ~ Uniform[0, 1), the first j with cdf_j > U * cdf_V (exact law up to float64 rounding; one
-    uniform per row; a token of probability 0 is never drawn)."""
+    U ~ Uniform[0, 1) (u, one per row), the first j with cdf_j > U * cdf_V (exact law up to
+    float64 rounding; a token of probability 0 is never drawn)."""
     cdf = logp.exp().cumsum(-1)
     total = cdf[:, -1:]
-    u = torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
-    tok = torch.searchsorted(cdf, u * total, right=True)[:, 0]
+    tok = torch.searchsorted(cdf, u[:, None] * total, right=True)[:, 0]
     return torch.minimum(tok, (cdf < total).sum(-1))  # U * cdf_V rounded up to cdf_V: last p > 0
 
 
-def _first_logits(model: GPT, prompts: Tensor, n: int, cache: KVCache | None) -> Tensor:
-    """Next-token logits after each prompt, for n rollouts per prompt (B * n, vocab). With a cache,
-    each prompt is encoded once and the cache rows are repeated n times (rows b * n .. b * n + n - 1
-    continue prompt b); without one (`cache` None), the whole batch is run."""
-    if cache is None:
-        return model(prompts.repeat_interleave(n, 0))[:, -1]
+def _first_logits(model: GPT, prompts: Tensor, n: int, cache: KVCache) -> Tensor:
+    """Next-token logits after each prompt, for n rollouts per prompt (P * n, vocab): each prompt
+    is encoded once and the cache rows are repeated n times (rows p * n .. p * n + n - 1 continue
+    prompt p)."""
     logits = model(prompts, cache)[:, -1]
     cache.reorder(torch.arange(len(prompts), device=prompts.device).repeat_interleave(n))
     return logits.repeat_interleave(n, 0)
@@ -91,34 +128,38 @@ def sample_iid(
     eos: int,
     pad: int,
     temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     use_cache: bool = True,
+    prompt_run: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """n i.i.d. rollouts per prompt (ancestral sampling from softmax(logits / tau)).
 
     With the cache, rollouts that share a prefix share its computation: the cache holds one row
     per distinct prefix drawn so far (a trie: each prompt once, then one row per distinct
     continuation of the rows still running), and rows that have emitted EOS leave it. Every row
-    draws its own token at every step from its prefix's distribution, so the answers are exactly
-    those of `use_cache=False`, which recomputes every row's whole prefix at every step (the
-    reference for the cache test and the benchmark)."""
+    draws its own token at every step from its prefix's distribution, so the answers are those of
+    `use_cache=False`, which recomputes every row's whole prefix at every step (the reference for
+    the cache test and the benchmark)."""
     _check(n, temperature, max_new)
-    b = prompts.shape[0]
-    r = b * n
+    p = prompts.shape[0]
+    r = p * n
     device = prompts.device
+    prompt_run = _prompt_runs(model, prompts, prompt_run)
+    u = _uniforms(prompt_run, model.runs, generator, (n,), max_new, device).view(max_new, r)
+    row_run = prompt_run.repeat_interleave(n)
     out = torch.full((r, max_new), pad, dtype=torch.long, device=device)
     logp_sum = torch.zeros(r, dtype=torch.float64, device=device)
     done = torch.zeros(r, dtype=torch.bool, device=device)
-    cache = model.new_cache(b) if use_cache else None
+    cache = model.new_cache(p, run=prompt_run) if use_cache else None
     if cache is None:
         seq = prompts.repeat_interleave(n, 0)
-        logits, node = model(seq)[:, -1], torch.arange(r, device=device)
+        logits, node = model(seq, run=row_run)[:, -1], torch.arange(r, device=device)
     else:
         logits = model(prompts, cache)[:, -1]  # per cache row; row j continues cache row node[j]
-        node = torch.arange(b, device=device).repeat_interleave(n)
+        node = torch.arange(p, device=device).repeat_interleave(n)
     for i in range(max_new):
         logp = model.ops.log_softmax(logits.double() / temperature, -1).index_select(0, node)
-        tok = torch.where(done, pad, _draw(logp, generator))
+        tok = torch.where(done, pad, _draw(logp, u[i]))
         logp_sum += torch.where(done, 0.0, logp.gather(1, tok[:, None])[:, 0])
         out[:, i] = tok
         done = done | (tok == eos)
@@ -126,10 +167,10 @@ def sample_iid(
             break
         if cache is None:
             seq = torch.cat([seq, tok[:, None]], 1)
-            logits = model(seq)[:, -1]
+            logits = model(seq, run=row_run)[:, -1]
         else:
             logits, node = _extend(model, cache, node, tok, done, pad)
-    return out.view(b, n, max_new), logp_sum.view(b, n)
+    return out.view(p, n, max_new), logp_sum.view(p, n)
 
 
 def _extend(
@@ -138,8 +179,9 @@ def _extend(
     """Feed the tokens just drawn by the running rows. Rows whose (cache row, token) coincide get
     one new cache row. While no cache row has two continuations and at most a quarter have none,
     the rows stay in place (the idle ones are fed PAD, their output unused), which spares copying
-    the cache; otherwise the cache is reordered to the distinct continuations. Returns the next
-    logits per cache row and each row's cache row (0 for finished rows, whose draws are unused)."""
+    the cache; otherwise the cache is reordered to the distinct continuations (sorted by cache
+    row, so they stay grouped by run). Returns the next logits per cache row and each row's cache
+    row (0 for finished rows, whose draws are unused)."""
     vocab = model.cfg.vocab_size
     live = (~done).nonzero()[:, 0]
     child, inverse = torch.unique(node[live] * vocab + tok[live], return_inverse=True)
@@ -165,7 +207,8 @@ def sample_swor(
     eos: int,
     pad: int,
     temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
+    prompt_run: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """n distinct rollouts per prompt by stochastic beam search, in Plackett-Luce order."""
     _check(n, temperature, max_new)
@@ -174,7 +217,9 @@ def sample_swor(
         raise ValueError(f"swor needs n <= vocab_size ({vocab}) for the first expansion")
     b = prompts.shape[0]
     device = prompts.device
-    cache = model.new_cache(b)
+    prompt_run = _prompt_runs(model, prompts, prompt_run)
+    uniforms = _uniforms(prompt_run, model.runs, generator, (n, vocab), max_new, device)
+    cache = model.new_cache(b, run=prompt_run)
     logits = _first_logits(model, prompts, n, cache)
     neg_inf = torch.tensor(float("-inf"), dtype=torch.float64, device=device)
     phi = torch.zeros(b, n, dtype=torch.float64, device=device)
@@ -188,7 +233,7 @@ def sample_swor(
         only_pad[pad] = 0.0
         logp = torch.where(done[..., None], only_pad, logp)
         child_phi = phi[..., None] + logp
-        u = torch.rand(child_phi.shape, generator=generator, dtype=torch.float64, device=device)
+        u = uniforms[i]
         g = child_phi - torch.log(-torch.log(u.clamp_min(1e-300)))
         z = g.amax(-1, keepdim=True)
         parent = g_beam[..., None]
@@ -242,91 +287,104 @@ def distinct_rows(x: Tensor, base: int) -> tuple[Tensor, Tensor]:
     return ordered[first], inverse
 
 
-STAGE_COST = 256  # one more forward stage costs about this many (row, position) cells (CPU)
-
-
-def forward_stages(need: Tensor) -> list[int]:
-    """Cut points 0 = c_0 < c_1 < ... < c_m = max(need) of a staircase forward pass: stage
-    [c_s, c_{s+1}) runs the rows with need > c_s at positions c_s .. c_{s+1} - 1 (so a row stops
-    once it has its `need` positions). Chosen by dynamic programming to minimise the cells run,
-    sum_s |{need > c_s}| (c_{s+1} - c_s), plus STAGE_COST per stage."""
-    width = int(need.max()) if need.numel() else 0
-    if width <= 0:
-        return [0]
-    positions = torch.arange(width, device=need.device)
-    rows = (need[None, :] > positions[:, None]).sum(1).tolist()  # rows running at each position
-    best, prev = [0.0] + [float("inf")] * width, [0] * (width + 1)
-    for b in range(1, width + 1):
-        for a in range(b):
-            cost = best[a] + rows[a] * (b - a) + STAGE_COST
-            if cost < best[b]:
-                best[b], prev[b] = cost, a
-    cuts = [width]
-    while cuts[-1]:
-        cuts.append(prev[cuts[-1]])
-    return cuts[::-1]
-
-
-def _token_scores(
-    logits: Tensor, targets: Tensor, counted: Tensor, temperature: float, log_softmax
-):
-    """Per row: sum of log softmax(logits / tau)[target] and of the full-vocabulary entropy over
-    the counted positions. logits (R, T, V), targets and counted (R, T); `log_softmax`: the
-    model's kernel (passk_companion.model.portable)."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32
-    logits = logits / temperature if temperature != 1.0 else logits
-    logp = log_softmax(logits, -1)
-    tok_logp = logp.gather(-1, targets[..., None])[..., 0]
-    ent = -(logp.exp() * logp).sum(-1)
-    mask = counted.to(logp.dtype)
-    return (tok_logp * mask).sum(-1), (ent * mask).sum(-1)
+def prefix_forest(
+    seqs: Tensor, lengths: Tensor, run: Tensor, runs: int, vocab: int
+) -> tuple[Forest, Tensor]:
+    """The forest of the distinct prefixes of rows `seqs` (N, T) (the first lengths[i] tokens of
+    row i count; `run` (N,) its run, grouped by run): one node per distinct (run, prefix), and
+    `path` (N, T), the node of each row's prefix of length t + 1 (-1 past its length). The nodes
+    are grouped by run, each run's in order of position and then of (parent, token)."""
+    n, width = seqs.shape
+    device = seqs.device
+    path = torch.full((n, width), -1, dtype=torch.long, device=device)
+    tokens, parents, depths = [], [], []
+    node = run  # the key of a row's prefix so far: at level 0, its run
+    total = previous = 0  # nodes so far; where the previous level's start
+    for d in range(width):
+        rows = (lengths > d).nonzero()[:, 0]
+        if len(rows) == 0:
+            break
+        key = node.index_select(0, rows) * vocab + seqs.index_select(0, rows)[:, d]
+        child, inverse = torch.unique(key, return_inverse=True)
+        tokens.append(child % vocab)
+        # level 0: the run; deeper: the global index of the parent node
+        parents.append(child // vocab + (previous if d else 0))
+        depths.append(torch.full_like(child, d))
+        node = torch.zeros(n, dtype=torch.long, device=device)
+        node[rows] = inverse
+        path[rows, d] = inverse + total
+        previous, total = total, total + len(child)
+    token, depth = torch.cat(tokens), torch.cat(depths)
+    parent = torch.cat(parents)  # global index of the parent (level 0: the run)
+    root_run = torch.zeros(total, dtype=torch.long, device=device)
+    ancestors = torch.full((total, len(tokens)), -1, dtype=torch.long, device=device)
+    start = 0
+    for d, level in enumerate(tokens):
+        nodes = torch.arange(start, start + len(level), device=device)
+        if d == 0:
+            root_run[nodes] = parents[0]
+        else:
+            up = parent[nodes]
+            root_run[nodes] = root_run[up]
+            ancestors[nodes] = ancestors[up]
+        ancestors[nodes, d] = nodes
+        start += len(level)
+    # group by run (stable: within a run, by position, then parent and token)
+    order = torch.sort(root_run, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(total, device=device)
+    ancestors = torch.where(ancestors >= 0, rank[ancestors.clamp_min(0)], -1).index_select(0, order)
+    depth = depth.index_select(0, order)
+    levels = [(depth == d).nonzero()[:, 0] for d in range(len(tokens))]
+    forest = Forest(token.index_select(0, order), depth, ancestors, levels,
+                    Runs.of(root_run.index_select(0, order), runs))  # fmt: skip
+    return forest, torch.where(path >= 0, rank[path.clamp_min(0)], -1)
 
 
 def sequence_logprob(
-    model: GPT, prompts: Tensor, answers: Tensor, eos: int, temperature: float = 1.0
+    model: GPT,
+    prompts: Tensor,
+    answers: Tensor,
+    eos: int,
+    temperature: float = 1.0,
+    run: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(log pi(answer | prompt) per row, mean token entropy per row), with gradients.
 
-    prompts (R, P), answers (R, L); tokens after the first EOS are excluded. The entropy is the
+    prompts (N, P), answers (N, L); tokens after the first EOS are excluded; `run` (N,): the run
+    of each row of an ensemble (grouped by run; None: a single model). The entropy is the
     full-vocabulary entropy of softmax(logits / tau) averaged over the counted answer tokens (the
     token-level entropy bonus of verl-style RLVR).
 
-    No work is done twice or on tokens that do not count, and the result equals one forward of
-    the concatenated sequences up to float rounding (tests/test_model.py):
-      * identical rows (a group's repeated rollouts) are scored once (`distinct_rows`);
-      * each distinct prompt is encoded once; its keys and values reach its rows through an
-        autograd-safe KV cache (`GPT.new_cache(grow=True)`), which sums their gradients;
-      * the answers run as a staircase (`forward_stages`): a row leaves the batch once its counted
-        tokens are scored, so the long tail of a few long answers does not pad all the others."""
+    The rows are scored as the forest of their distinct prefixes (:func:`prefix_forest`) in one
+    forward: identical rollouts, and rollouts that share their first tokens, share those nodes,
+    every prompt is encoded once per run, and nothing after a row's EOS is computed. Each node
+    attends to its ancestors with the operations of decoding it one token at a time, so its
+    logits are those of its sequence decoded with the cache (the same bits with the portable
+    kernels); the nodes a run holds depend only on its own rows, so a run's gradient is the same
+    bits alone and in any ensemble. tests/model/test_gpt.py checks the values and gradients
+    against one forward of the concatenated sequences."""
     if answers.shape[1] < 1:
         raise ValueError("answers must have at least one token")
-    p = prompts.shape[1]
-    width = int(answer_mask(answers, eos).sum(1).max())  # later tokens never count
-    rows, inverse = distinct_rows(torch.cat([prompts, answers[:, :width]], 1), model.cfg.vocab_size)
-    answers = rows[:, p:]
+    vocab = model.cfg.vocab_size
+    for name, t in (("prompt", prompts), ("answer", answers)):
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab):
+            raise ValueError(f"{name} token ids must lie in [0, {vocab})")
+    run = _prompt_runs(model, prompts, run)
+    p, length = prompts.shape[1], answers.shape[1]
     counted = answer_mask(answers, eos)
-    length = counted.sum(1)
-    # the distinct rows are sorted, so the rows of one prompt are adjacent: encode each once
-    first = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
-    first[1:] = (rows[1:, :p] != rows[:-1, :p]).any(1)
-    owner = first.cumsum(0) - 1
-    cache = model.new_cache(int(first.sum()), grow=True)
-    logits = model(rows[first, :p], cache)[:, -1:].index_select(0, owner)  # first answer token
-    lsm = model.ops.log_softmax
-    logp, ent = _token_scores(logits, answers[:, :1], counted[:, :1], temperature, lsm)
-    cache.reorder(owner)
-    live = torch.arange(len(rows), device=rows.device)  # the rows the cache holds
-    need = length - 1  # answer tokens a row feeds back: all its counted ones but the last
-    cuts = forward_stages(need)
-    for a, b in itertools.pairwise(cuts):
-        keep = (need[live] > a).nonzero()[:, 0]
-        if len(keep) < len(live):
-            cache.reorder(keep)
-            live = live[keep]
-        logits = model(answers[live, a:b], cache)  # predicts answer tokens a + 1 .. b
-        lp, en = _token_scores(
-            logits, answers[live, a + 1 : b + 1], counted[live, a + 1 : b + 1], temperature, lsm
-        )
-        logp, ent = logp.index_add(0, live, lp), ent.index_add(0, live, en)
-    mean_ent = ent / length.clamp_min(1)
-    return logp.index_select(0, inverse), mean_ent.index_select(0, inverse)
+    seqs = torch.cat([prompts, answers], 1)
+    forest, path = prefix_forest(seqs, p + counted.sum(1), run, model.runs, vocab)
+    logits = model.forward_tree(forest)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32
+    lsm = model.ops.log_softmax(logits / temperature if temperature != 1.0 else logits, -1)
+    entropy = -(lsm.exp() * lsm).sum(-1)
+    logp = torch.zeros(len(answers), dtype=lsm.dtype, device=answers.device)
+    ent = torch.zeros(len(answers), dtype=lsm.dtype, device=answers.device)
+    for j in range(length):  # answer token j is predicted at the row's node of position p - 1 + j
+        here = counted[:, j]
+        node = path[:, p - 1 + j].clamp_min(0)
+        token_logp = lsm.index_select(0, node).gather(1, answers[:, j : j + 1])[:, 0]
+        logp = logp + torch.where(here, token_logp, 0.0)
+        ent = ent + torch.where(here, entropy.index_select(0, node), 0.0)
+    return logp, ent / counted.sum(1).clamp_min(1)

@@ -33,6 +33,8 @@ from passk_companion.model.config import (
 from passk_companion.model.evaluation import PathSet, RegimeRule, exact_metrics
 from passk_companion.model.generate import answer_mask
 from passk_companion.model.gpt import GPT, pick_device
+from passk_companion.model.optim import RunOptimizer
+from passk_companion.model.provenance import code_digest
 from passk_companion.model.tasks import DagTask
 from passk_companion.repro import progress as progress_bar
 
@@ -63,7 +65,7 @@ def pretrain(
     dev = pick_device(device, model_cfg.numerics)
     torch.manual_seed(cfg.seed)
     model = build_model(task, model_cfg, dev)
-    opt = model.ops.adamw(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt = RunOptimizer(list(model.parameters()), ["adamw"], [cfg.lr], weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.seed)
     weights = _pair_weights(task, cfg)
     # the rule is checked on the RL *train* prompts: selection never looks at the test prompts
@@ -78,7 +80,7 @@ def pretrain(
         target = seq[:, 3:]
         mask = answer_mask(target, task.eos)
         loss = model.ops.cross_entropy(logits[mask], target[mask])
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
         due = cfg.select_every and step % cfg.select_every == 0
@@ -95,10 +97,12 @@ def pretrain(
 
 def base_key(profile: ProfileConfig, threads: int | None = None) -> str:
     """What determines the base model's weights: task, model and pretraining configs (seed
-    included), the regime rule, and the number of torch CPU threads (float reductions differ)."""
+    included), the regime rule, the number of torch CPU threads (float reductions differ) and the
+    code (passk_companion.model.provenance: a base of other code is pretrained anew)."""
     threads = torch.get_num_threads() if threads is None else threads
     parts = [profile.task, profile.model, profile.pretrain, profile.regime]
-    return json.dumps([dataclasses.asdict(p) for p in parts] + [threads], sort_keys=True)
+    fields = [dataclasses.asdict(p) for p in parts] + [threads, code_digest()]
+    return json.dumps(fields, sort_keys=True)
 
 
 _BASE_FIELDS = {"key": str, "model": dict, "selection": dict}
