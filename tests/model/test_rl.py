@@ -71,6 +71,28 @@ def test_sampled_evaluation_agrees_with_the_exact_one(base, task):
     assert abs(z) < 4, z  # a 4-sigma band: fails only if exact and sampled disagree
 
 
+@pytest.mark.parametrize(("n", "k"), [(16, 8), (32, 8), (32, 4), (8, 2)])
+def test_zero_weight_counts_of_pkpo_loo_are_the_closed_form(n, k):
+    # C(n - c, k - 1) = 0 exactly when n - c < k - 1, and c = 0 gives no correct rollout at all
+    assert evaluation.zero_weight_counts("pkpo_loo", n, k) == [0, *range(n - k + 2, n + 1)]
+    assert evaluation.zero_weight_counts("pass1_reinforce", n, k) == [0, n]
+
+
+def test_batch_update_cosine_compares_the_summed_mean_gradients(base, task):
+    pairs = task.rl_train_pairs[:6]
+
+    def cosine(variants):
+        return evaluation.batch_update_cosine(base, task, pairs, variants, 8, 2,
+                                              torch.Generator().manual_seed(0))  # fmt: skip
+
+    same = cosine({"a": ("pass1_reinforce", 4), "b": ("pass1_reinforce", 4)})
+    assert same == pytest.approx(1.0, abs=1e-12)
+    other = cosine({"rloo": ("pass1_reinforce", 8), "pkpo_loo": ("pkpo_loo", 8)})
+    assert -1.0 <= other < 1.0 - 1e-6
+    with pytest.raises(ValueError, match="two variants"):
+        cosine({"a": ("pass1_reinforce", 4)})
+
+
 def test_interrupted_run_resumes_to_the_same_metrics(base, task, tmp_path):
     cfg = dataclasses.replace(SMOKE.rl, objective="pkpo", entropy=0.05, steps=6, eval_every=2)
     full = rl.train_rl(base, SMOKE, cfg, tmp_path / "full", progress=False)

@@ -63,6 +63,8 @@ __all__ = [
     "bootstrap_mean",
     "nested_bootstrap",
     "Hypothesis",
+    "TTest",
+    "RelativeTTest",
     "decide_family",
 ]
 
@@ -436,6 +438,17 @@ def nested_bootstrap(
     return estimate, draws
 
 
+def _check_claim(claim: str, margin: float | None) -> None:
+    """A claim is greater, less or equivalent; an equivalence has a finite margin > 0, a
+    directional claim none."""
+    if claim not in ("greater", "less", "equivalent"):
+        raise ValueError(f"claim must be greater, less or equivalent, got {claim!r}")
+    if (claim == "equivalent") != (margin is not None):
+        raise ValueError("an equivalence claim needs a margin, a directional one none")
+    if margin is not None and not (math.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin must be finite and > 0, got {margin}")
+
+
 @dataclass(frozen=True)
 class Hypothesis:
     """One test of a pre-registered family: the bootstrap draws of its statistic and the claim.
@@ -452,12 +465,7 @@ class Hypothesis:
     method: str = "bootstrap"
 
     def __post_init__(self) -> None:
-        if self.claim not in ("greater", "less", "equivalent"):
-            raise ValueError(f"claim must be greater, less or equivalent, got {self.claim!r}")
-        if (self.claim == "equivalent") != (self.margin is not None):
-            raise ValueError("an equivalence claim needs a margin, a directional one none")
-        if self.margin is not None and not (math.isfinite(self.margin) and self.margin > 0):
-            raise ValueError(f"margin must be finite and > 0, got {self.margin}")
+        _check_claim(self.claim, self.margin)
         if len(self.draws) < 100 or not np.all(np.isfinite(self.draws)):
             raise ValueError("a hypothesis needs at least 100 finite bootstrap draws")
 
@@ -472,10 +480,127 @@ class Hypothesis:
         lo, hi = self.null - self.margin, self.null + self.margin
         return (1 + max(int((d <= lo).sum()), int((d >= hi).sum()))) / (n + 1)
 
+    def bounds(self, level: float) -> tuple[float, float]:
+        """The percentile interval at one-sided level `level` (confidence 1 - 2 level)."""
+        low, high = (float(q) for q in np.quantile(self.draws, [level, 1 - level]))
+        return low, high
+
+
+class _UnitValues:
+    """A test over the values of independent top-level units (`values`): its estimate is their
+    mean, and they are its `seeds`."""
+
+    values: np.ndarray
+
+    @property
+    def estimate(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def seeds(self) -> int:
+        """The number of independent units."""
+        return len(self.values)
+
+
+@dataclass(frozen=True)
+class TTest(_UnitValues):
+    """One test of a pre-registered family from the values of its independent top-level units
+    (graph means), by the Student t distribution of their mean: se = sd / sqrt(n), df = n - 1.
+
+    claim: "greater" or "less" (than `null`), or "equivalent" (within null +- margin: two
+    one-sided tests, the larger p-value)."""
+
+    statistic: str
+    values: np.ndarray
+    claim: str
+    null: float = 0.0
+    margin: float | None = None
+    method: str = "Student t over units"
+
+    def __post_init__(self) -> None:
+        _check_claim(self.claim, self.margin)
+        v = np.asarray(self.values, dtype=float)
+        if len(v) < MIN_SEEDS or not np.all(np.isfinite(v)):
+            raise ValueError(f"a t test needs at least {MIN_SEEDS} finite unit values")
+
+    def _se(self) -> tuple[float, int]:
+        v = np.asarray(self.values, dtype=float)
+        return float(v.std(ddof=1) / math.sqrt(len(v))), len(v) - 1
+
+    def p_value(self) -> float:
+        """One-sided t p-value of the claim's null (for equivalence the larger of the two)."""
+        se, df = self._se()
+        mean = self.estimate
+        if se == 0.0:  # every unit equal: the claim holds exactly or not at all
+            if self.claim == "equivalent":
+                return 0.0 if abs(mean - self.null) < self.margin else 1.0
+            above = mean > self.null if self.claim == "greater" else mean < self.null
+            return 0.0 if above else 1.0
+        if self.claim == "greater":
+            return float(stats.t.sf((mean - self.null) / se, df))
+        if self.claim == "less":
+            return float(stats.t.cdf((mean - self.null) / se, df))
+        lo, hi = self.null - self.margin, self.null + self.margin
+        return max(
+            float(stats.t.sf((mean - lo) / se, df)), float(stats.t.cdf((mean - hi) / se, df))
+        )
+
+    def bounds(self, level: float) -> tuple[float, float]:
+        """mean -+ t_{1 - level, n - 1} se (confidence 1 - 2 level)."""
+        se, df = self._se()
+        half = float(stats.t.ppf(1 - level, df)) * se
+        return self.estimate - half, self.estimate + half
+
+
+@dataclass(frozen=True)
+class RelativeTTest(_UnitValues):
+    """Equivalence within a margin relative to the reference's own effect, |E d| <= ratio E L,
+    from each independent unit's pair (d_u, L_u): the difference and the reference's own loss
+    (graph means). The margin is estimated, so its error enters the test: two one-sided Student t
+    tests on the unit values of d + ratio L (null: mean <= 0) and of d - ratio L (null: mean >= 0),
+    the larger p-value (linear in the unknowns, so no ratio estimator is needed). The interval
+    reported is that of the mean of d; `margin` is ratio times the mean of L."""
+
+    statistic: str
+    values: np.ndarray
+    losses: np.ndarray
+    ratio: float
+    method: str = "Student t over units"
+
+    claim = "equivalent"
+    null = 0.0
+
+    def __post_init__(self) -> None:
+        d, loss = (np.asarray(x, dtype=float) for x in (self.values, self.losses))
+        if d.shape != loss.shape or len(d) < MIN_SEEDS or not np.all(np.isfinite(d)):
+            raise ValueError(f"a relative t test needs at least {MIN_SEEDS} finite unit pairs")
+        if not np.all(np.isfinite(loss)):
+            raise ValueError("the reference's losses must be finite")
+        if not (math.isfinite(self.ratio) and 0 < self.ratio <= 1):
+            raise ValueError(f"ratio must lie in (0, 1], got {self.ratio}")
+        if not self.margin > 0:
+            raise ValueError(f"the reference loses nothing on average ({np.mean(loss):.3g})")
+
+    @property
+    def margin(self) -> float:
+        return float(self.ratio * np.mean(self.losses))
+
+    def p_value(self) -> float:
+        """The larger one-sided p-value of mean(d + ratio L) > 0 and of mean(d - ratio L) < 0."""
+        d, loss = np.asarray(self.values, dtype=float), np.asarray(self.losses, dtype=float)
+        above = TTest(self.statistic, d + self.ratio * loss, "greater").p_value()
+        below = TTest(self.statistic, d - self.ratio * loss, "less").p_value()
+        return max(above, below)
+
+    def bounds(self, level: float) -> tuple[float, float]:
+        """The t interval of the mean of d (confidence 1 - 2 level)."""
+        return TTest(self.statistic, self.values, "greater").bounds(level)
+
 
 def decide_family(
-    hypotheses: Sequence[Hypothesis], *, alpha: float = 0.05, family_size: int | None = None
-) -> list[Decision]:
+    hypotheses: Sequence[Hypothesis | TTest | RelativeTTest], *, alpha: float = 0.05,
+    family_size: int | None = None,
+) -> list[Decision]:  # fmt: skip
     """Decide a family of hypotheses with Holm's step-down procedure (Holm 1979) at family-wise
     level `alpha`: sort the p-values, compare the i-th smallest with alpha / (m - i + 1), and stop
     at the first that exceeds it. m is `family_size` when members of the pre-registered family
@@ -483,7 +608,9 @@ def decide_family(
     hypotheses. A rejected null `holds` the claim. Each hypothesis is reported
     with the percentile interval at its Holm level a_i (confidence 1 - 2 a_i): a claim not
     established `fails` when that interval lies entirely on the other side of the null
-    (directional) or entirely outside the equivalence band, and is `inconclusive` otherwise."""
+    (directional) or entirely outside the equivalence band, and is `inconclusive` otherwise.
+    Hypotheses are bootstrap draws (:class:`Hypothesis`) or unit values (:class:`TTest`,
+    :class:`RelativeTTest`)."""
     _check_confidence(1 - alpha)
     if not hypotheses:
         raise ValueError("decide_family needs at least one hypothesis")
@@ -502,7 +629,7 @@ def decide_family(
     out = []
     for i, h in enumerate(hypotheses):
         a_i = levels[i]
-        low, high = (float(q) for q in np.quantile(h.draws, [a_i, 1 - a_i]))
+        low, high = h.bounds(a_i)
         if h.claim == "equivalent":
             lo, hi = h.null - h.margin, h.null + h.margin
             other = high < lo or low > hi

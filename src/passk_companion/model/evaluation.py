@@ -19,6 +19,7 @@ too.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -260,6 +261,69 @@ def sampled_check(
     return float(exact.mean()), sampled, float((sampled - exact.mean()) / se)
 
 
+def zero_weight_counts(objective: str, n: int, k: int) -> list[int]:
+    """The numbers c of correct rollouts in a group of n at which every weight of `objective` is
+    exactly zero (its update vanishes), found by evaluating its weights on one group per c (c
+    correct rollouts first). For pkpo_loo the weight of a correct rollout is C(n-c, k-1)/C(n, k)
+    (Walder & Karkhanis 2025), zero for c >= n - k + 2; for every objective with a group baseline,
+    c = 0 and c = n (Situation I, and saturation)."""
+    if n < 1 or k < 1:
+        raise ValueError(f"n and k must be >= 1, got n={n}, k={k}")
+    rewards = (torch.arange(n)[None, :] < torch.arange(n + 1)[:, None]).to(torch.float64)
+    weights = objective_registry.get(objective).weights(rewards, k)
+    return [c for c in range(n + 1) if bool((weights[c] == 0).all())]
+
+
+def _prompt_gradients(
+    model: GPT,
+    task: DagTask,
+    pairs: Tensor,
+    variants: dict[str, tuple[str, int]],
+    n: int,
+    groups: int,
+    generator: torch.Generator,
+    temperature: float,
+) -> Iterator[tuple[int, str, tuple[Tensor, ...]] | Tensor]:
+    """The Monte Carlo mean gradient estimate of each variant for each prompt x,
+    (1/G) sum_g sum_i w_gi grad log pi(y_gi) over G = `groups` groups of n i.i.d. rollouts (the
+    same rollouts for every variant), yielded as (x, label, gradients per parameter); then the
+    (P,) count of groups with a correct rollout."""
+    dev = next(model.parameters()).device
+    p = len(pairs)
+    was_training = model.training
+    model.eval()
+    prompts = task.prompts(pairs).to(dev).repeat(groups, 1)  # row g * P + x
+    answers, logp_old = sample_iid(
+        model, prompts, n, task.max_new_tokens, task.eos, task.pad, temperature, generator
+    )
+    rewards = task.verify(
+        pairs.repeat(groups, 1).repeat_interleave(n, 0), answers.view(-1, answers.shape[-1]).cpu()
+    ).view(groups * p, n)
+    weights = {
+        label: objective_registry.get(name).weights(rewards, k, logprobs=logp_old.cpu())
+        for label, (name, k) in variants.items()
+    }
+    params = [q for q in model.parameters() if q.requires_grad]
+    try:
+        for x in range(p):
+            rows = torch.arange(groups) * p + x
+            logp, _ = sequence_logprob(
+                model,
+                prompts[rows].repeat_interleave(n, 0),
+                answers[rows].view(groups * n, -1),
+                task.eos,
+                temperature,
+            )
+            logp = logp.view(groups, n)
+            for j, (label, w) in enumerate(weights.items()):
+                surrogate = (w[rows].to(dev, logp.dtype) * logp).sum() / groups
+                grads = torch.autograd.grad(surrogate, params, retain_graph=j < len(weights) - 1)
+                yield x, label, grads
+    finally:
+        model.train(was_training)
+    yield (rewards.view(groups, p, n).sum(-1) > 0).sum(0).to(torch.float64)
+
+
 def mean_gradient_norms(
     model: GPT,
     task: DagTask,
@@ -278,39 +342,39 @@ def mean_gradient_norms(
     grad J_k(x) = alpha_k(J_1(x)) grad J_1(x) (Theorem 3.1), so the ratio of its norm to the
     pass@1 estimator's tends to alpha_k(J_1(x)). Returns label -> (P,) norms, plus
     "groups_with_signal" (P,): how many of the G groups had a correct rollout."""
-    dev = next(model.parameters()).device
-    p = len(pairs)
-    was_training = model.training
-    model.eval()
-    prompts = task.prompts(pairs).to(dev).repeat(groups, 1)  # row g * P + x
-    answers, logp_old = sample_iid(
-        model, prompts, n, task.max_new_tokens, task.eos, task.pad, temperature, generator
-    )
-    rewards = task.verify(
-        pairs.repeat(groups, 1).repeat_interleave(n, 0), answers.view(-1, answers.shape[-1]).cpu()
-    ).view(groups * p, n)
-    weights = {
-        label: objective_registry.get(name).weights(rewards, k, logprobs=logp_old.cpu())
-        for label, (name, k) in variants.items()
-    }
-    params = [q for q in model.parameters() if q.requires_grad]
-    out = {label: torch.zeros(p, dtype=torch.float64) for label in variants}
-    try:
-        for x in range(p):
-            rows = torch.arange(groups) * p + x
-            logp, _ = sequence_logprob(
-                model,
-                prompts[rows].repeat_interleave(n, 0),
-                answers[rows].view(groups * n, -1),
-                task.eos,
-                temperature,
-            )
-            logp = logp.view(groups, n)
-            for j, (label, w) in enumerate(weights.items()):
-                surrogate = (w[rows].to(dev, logp.dtype) * logp).sum() / groups
-                grads = torch.autograd.grad(surrogate, params, retain_graph=j < len(weights) - 1)
-                out[label][x] = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).cpu()
-    finally:
-        model.train(was_training)
-    out["groups_with_signal"] = (rewards.view(groups, p, n).sum(-1) > 0).sum(0).to(torch.float64)
+    out = {label: torch.zeros(len(pairs), dtype=torch.float64) for label in variants}
+    for item in _prompt_gradients(model, task, pairs, variants, n, groups, generator, temperature):
+        if isinstance(item, Tensor):
+            out["groups_with_signal"] = item
+        else:
+            x, label, grads = item
+            out[label][x] = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).cpu()
     return out
+
+
+def batch_update_cosine(
+    model: GPT,
+    task: DagTask,
+    pairs: Tensor,
+    variants: dict[str, tuple[str, int]],
+    n: int,
+    groups: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+) -> float:
+    """At fixed parameters, the cosine between the expected batch updates of two variants: the
+    sums over the prompts of their Monte Carlo mean gradient estimates (as in
+    :func:`mean_gradient_norms`, on the same rollouts). Per prompt, an objective unbiased for
+    pass@k has grad J_k(x) = alpha_k(J_1(x)) grad J_1(x) (Theorem 3.1); with parameters shared
+    across prompts, weights alpha_k(J_1(x)) that differ between prompts whose gradients point in
+    different directions turn the sum: the cosine measures how far."""
+    if len(variants) != 2:
+        raise ValueError(f"batch_update_cosine compares two variants, got {len(variants)}")
+    total: dict[str, Tensor] = {}
+    for item in _prompt_gradients(model, task, pairs, variants, n, groups, generator, temperature):
+        if not isinstance(item, Tensor):
+            _, label, grads = item
+            flat = torch.cat([g.double().flatten() for g in grads]).cpu()
+            total[label] = total[label] + flat if label in total else flat
+    a, b = (total[label] for label in variants)
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))
