@@ -239,3 +239,28 @@ def test_design_power_reads_the_pilot_through_the_registered_rows(tmp_path):
     assert few.pairs.tolist() == [12, 12] and few["assay passes"].all()
     assert few["reference loss"].tolist() == pytest.approx([0.3, 0.3])
     assert (many.power > few.power).all() and (many.power > 0.9).all()
+
+
+def test_the_zero_update_row_compares_each_interval_with_the_prediction_at_its_start():
+    n, zero = 4, [0, 4]  # weights vanish with no correct rollout and with all correct
+    keys = {"variant": "a", "graph": 1, "base": 0, "seed": 0}
+    prompts = pd.DataFrame([{**keys, "step": step, "split": split, "j1": j1}
+                            for step, j1s in ((0, (0.5, 0.9)), (5, (0.8, 1.0)))
+                            for split in ("train", "test") for j1 in j1s])  # fmt: skip
+    predicted = S.zero_update_predicted(prompts, "a", n, zero)
+
+    def share(p):
+        return (1 - p) ** n + p**n
+
+    want = [np.mean([share(0.5), share(0.9)]), np.mean([share(0.8), share(1.0)])]
+    np.testing.assert_allclose(predicted.predicted, want, rtol=1e-12)
+    runs = _run("a", 1, [0.5, 0.6, 0.7], [2.0, 2.0, 2.0], zero_grad_frac=[math.nan, 0.3, 0.6])
+    pairs = S.zero_update_pairs(runs, predicted, "a")  # step 10 has no prediction after it
+    assert pairs.difference.tolist() == pytest.approx([np.mean([0.3 - want[0], 0.6 - want[1]])])
+
+
+def test_directional_power_is_the_level_at_no_effect_and_rises_with_it():
+    assert S.directional_power(0.01, 0.01, 30, 1, 0.0, 0.05) == pytest.approx(0.05, abs=0.01)
+    small, large = (S.directional_power(0.01, 0.01, 30, 1, e, 0.01) for e in (0.02, 0.2))
+    assert small < large and large > 0.99
+    assert S.directional_power(0.01, 0.01, 30, 1, -0.2, 0.01) == pytest.approx(large, abs=0.01)

@@ -52,7 +52,9 @@ __all__ = [
     "variance_components",
     "power",
     "relative_power",
+    "directional_power",
     "design_power",
+    "zero_update_predicted",
     "zero_update_pairs",
     "Row",
     "Plan",
@@ -204,6 +206,28 @@ def power(
     return float(np.mean((centre - half > -margin) & (centre + half < margin)))
 
 
+def directional_power(
+    between: float,
+    within: float,
+    graphs: int,
+    pairs: int,
+    effect: float,
+    level: float,
+    simulations: int = 20_000,
+    seed: int = 0,
+) -> float:
+    """The share of simulated designs (as in :func:`power`) with true mean difference `effect`
+    whose one-sided t test at `level` establishes a difference in the direction of its sign."""
+    if graphs < 2 or pairs < 1 or simulations < 100:
+        raise ValueError("power needs graphs >= 2, pairs >= 1 and simulations >= 100")
+    rng = np.random.default_rng(seed)
+    sd = math.sqrt(between + within / pairs)
+    means = effect + sd * rng.standard_normal((simulations, graphs))
+    t = means.mean(1) / (means.std(1, ddof=1) / math.sqrt(graphs))
+    sign = 1.0 if effect >= 0 else -1.0
+    return float(np.mean(sign * t > stats.t.ppf(1 - level, graphs - 1)))
+
+
 def relative_power(
     pairs: pd.DataFrame,
     ratio: float,
@@ -243,21 +267,32 @@ def relative_power(
 
 
 def design_power(
-    pilot: pd.DataFrame, rows: Sequence[Row], plan: Plan, graphs: int, per_graph: int
+    pilot: pd.DataFrame,
+    rows: Sequence[Row],
+    plan: Plan,
+    graphs: int,
+    per_graph: int,
+    family_size: int | None = None,
 ) -> pd.DataFrame:
     """For each row of a family: its pilot's pair values (:func:`pair_values` on the pilot's
     results.csv), their variance components, the reference's mean loss, whether an absolute
     margin passes the assay rule, and the power of a design of `graphs` graphs with `per_graph`
-    pairs each to decide the row when the true difference is 0 (:func:`power` with the absolute
-    margin, :func:`relative_power` with the relative one), at the conservative one-sided level
-    plan.alpha / len(rows): the first step of Holm's procedure."""
-    level = plan.alpha / len(rows)
+    pairs each to decide the row: an equivalence when the true difference is 0 (:func:`power`
+    with the absolute margin, :func:`relative_power` with the relative one), a directional row
+    when the true difference is the pilot's mean (:func:`directional_power`); at the
+    conservative one-sided level plan.alpha / family_size (default len(rows)): the first step
+    of Holm's procedure."""
+    level = plan.alpha / (family_size or len(rows))
     out = []
     for row in rows:
         pairs = pair_values(pilot, row, plan)
         between, within = variance_components(pairs)
         loss = float(np.nanmean(pairs.reference_loss.to_numpy(dtype=float)))
-        if row.margin == "relative":
+        effect = float(np.nanmean(pairs.difference))
+        if row.claim != "equivalent":
+            margin, assay = math.nan, True
+            chance = directional_power(between, within, graphs, per_graph, effect, level)
+        elif row.margin == "relative":
             margin = plan.relative_margin * loss
             chance = relative_power(pairs, plan.relative_margin, graphs, per_graph, level)
             assay = loss > 0
@@ -266,34 +301,38 @@ def design_power(
             chance = power(between, within, graphs, per_graph, margin, level)
             assay = loss >= plan.assay_factor * plan.margin
         out.append({"row": row.id, "pairs": int(np.isfinite(pairs.difference).sum()),
-                    "mean difference": float(np.nanmean(pairs.difference)),
+                    "mean difference": effect,
                     "between": between, "within": within, "reference loss": loss,
                     "margin": margin, "assay passes": bool(assay), "power": chance})  # fmt: skip
     return pd.DataFrame(out)
 
 
-def zero_update_pairs(
-    runs: pd.DataFrame, prompts: pd.DataFrame, arm: str, n: int,
-    zero_counts: Collection[int],
-) -> pd.DataFrame:  # fmt: skip
-    """One row per run of `arm`: `difference`, the mean over its evaluation intervals of the
-    measured share of all-zero updates (zero_grad_frac, averaged over the steps after an
-    evaluation up to the next) minus the share predicted at that evaluation from its train
-    prompts' J_1 (:func:`zero_update_prediction`: prompts are drawn uniformly). prompts: the
-    runs' prompt tables (columns PAIR_KEYS, variant, step, split, j1)."""
-    rows = []
+def zero_update_predicted(
+    prompts: pd.DataFrame, arm: str, n: int, zero_counts: Collection[int]
+) -> pd.DataFrame:
+    """One row per evaluation of each run of `arm`: `predicted`, the share of all-zero updates
+    that :func:`zero_update_prediction` gives for a batch drawn uniformly from its train prompts
+    at their exact J_1 (mean over the prompts). prompts: the runs' prompt tables (columns
+    PAIR_KEYS, variant, step, split, j1)."""
     train = prompts[(prompts.variant == arm) & (prompts.split == "train")]
-    by_run = dict(tuple(train.groupby(PAIR_KEYS, sort=True)))
+    predicted = zero_update_prediction(train.j1.to_numpy(dtype=float), n, zero_counts)
+    table = train[[*PAIR_KEYS, "step"]].assign(predicted=predicted)
+    return table.groupby([*PAIR_KEYS, "step"], as_index=False).predicted.mean()
+
+
+def zero_update_pairs(runs: pd.DataFrame, predicted: pd.DataFrame, arm: str) -> pd.DataFrame:
+    """One row per run of `arm`: `difference`, the mean over its evaluation intervals of the
+    measured share of all-zero updates (zero_grad_frac of the evaluation that ends the interval,
+    the mean over its steps) minus the share predicted at the evaluation that starts it
+    (:func:`zero_update_predicted`)."""
+    rows = []
+    by_run = {keys: p.set_index("step").predicted for keys, p in
+              predicted.groupby(PAIR_KEYS, sort=True)}  # fmt: skip
     for keys, r in runs[(runs.variant == arm) & runs.step.notna()].groupby(PAIR_KEYS):
         r = r.sort_values("step")
-        p = by_run[keys]
         steps, measured = r.step.to_numpy(), r.zero_grad_frac.to_numpy(dtype=float)
-        diffs = []
-        for i in range(len(steps) - 1):
-            j1 = p[p.step == steps[i]].j1.to_numpy(dtype=float)
-            predicted = float(zero_update_prediction(j1, n, zero_counts).mean())
-            diffs.append(measured[i + 1] - predicted)
-        value = float(np.mean(diffs)) if diffs else math.nan
+        diffs = measured[1:] - by_run[keys].reindex(steps[:-1]).to_numpy(dtype=float)
+        value = float(np.mean(diffs)) if len(diffs) else math.nan
         rows.append({**dict(zip(PAIR_KEYS, keys, strict=True)), "difference": value,
                      "reference_loss": math.nan})  # fmt: skip
     return pd.DataFrame(rows, columns=[*PAIR_KEYS, "difference", "reference_loss"])
