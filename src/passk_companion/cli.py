@@ -24,10 +24,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import signal
 import sys
 from pathlib import Path
+
+from passk_companion import validation
 
 __all__ = ["main"]
 
@@ -36,23 +37,19 @@ LIGHT = ("reproduce", "execute", "report", "html", "compare-claims")
 
 
 def _finite(text: str) -> float:
+    """A command-line number, checked by passk_companion.validation.number (finite)."""
     try:
-        value = float(text)
+        return validation.number(float(text), "value")
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
+    """A command-line integer >= 1, checked by passk_companion.validation.integer."""
     try:
-        value = int(text)
+        return validation.integer(int(text), "value", minimum=1)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
 
 
 def _light_parsers(sub: argparse._SubParsersAction) -> None:

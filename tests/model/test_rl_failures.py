@@ -1,6 +1,6 @@
-"""Issue 21, item 15 (the RL loop's side): a run whose model diverges or whose metrics turn
-non-finite fails with one line naming the RL step, and no non-finite row reaches metrics.csv;
-item 11: sizes a profile's model cannot use are refused before any work."""
+"""The RL loop's failures: a run whose model diverges or whose metrics turn non-finite fails with
+one line naming the RL step, and no non-finite row reaches metrics.csv; sizes a profile's model
+cannot use are refused before any work."""
 
 import dataclasses
 import math

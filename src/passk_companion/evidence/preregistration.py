@@ -4,8 +4,8 @@ A pre-registration fixes, before the run it decides, everything a decision depen
 primary measure, the matched levels, the equivalence margin, the family-wise level and its
 multiplicity rule, the direction of every row, and the design (graphs, bases, seeds). It is
 committed before the results, so the history shows the order. :func:`load` refuses a file with an
-unknown, missing or mistyped key, naming it; the decisions (passk_companion.model.analysis.decide)
-take their values from the returned object only.
+unknown, missing or mistyped key, naming it; the decisions
+(passk_companion.evidence.analysis.decide) take their values from the returned object only.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from passk_companion import validation as check
 __all__ = ["Row", "Design", "GradCheck", "Preregistration", "load", "CLAIMS", "MEASURES"]
 
 CLAIMS = ("equivalent", "greater", "less")
-# the decided measures passk_companion.model.analysis knows
+# the decided measures passk_companion.evidence.analysis knows
 MEASURES = ("test_modes_eff", "hard_j1_gain")
 MULTIPLICITY = ("holm",)
 

@@ -1,7 +1,7 @@
 """The statistical rules that turn numbers into verdicts: holds / fails / partly / inconclusive.
 
 Every verdict a notebook records comes from one of these functions; cells never hold thresholds of
-their own. Three kinds of claim (DESIGN.md, "Evidence standards"):
+their own. Three kinds of claim:
 
 * ``identity``  -- true by algebra (a symbolic residual, an exact equality). Checking it verifies
   our code, not the paper: the verdict is ``holds`` or ``fails`` (:func:`exact`).
@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from passk_companion import validation
+
 __all__ = [
     "KINDS",
     "VERDICTS",
@@ -60,7 +62,6 @@ __all__ = [
     "bonferroni_z",
     "MC_ALPHA",
     "deterministic_mean",
-    "bootstrap_mean",
     "nested_bootstrap",
     "Hypothesis",
     "decide_family",
@@ -264,7 +265,7 @@ def bonferroni_z(tests: int, alpha: float = 1e-3) -> float:
     """The two-sided z threshold that keeps the family-wise error of `tests` z-scores at `alpha`:
     Phi^{-1}(1 - alpha / (2 tests)) (Bonferroni). A check "max |z| <= threshold" of an unbiased
     estimator then fails with probability at most alpha under the CLT."""
-    if isinstance(tests, bool) or not isinstance(tests, (int, np.integer)) or tests < 1:
+    if not validation.is_integer(tests) or tests < 1:
         raise ValueError(f"tests must be an integer >= 1, got {tests!r}")
     _check_confidence(1 - alpha)
     return float(stats.norm.ppf(1 - alpha / (2 * int(tests))))
@@ -531,34 +532,6 @@ def decide_family(
             )
         )
     return out
-
-
-def bootstrap_mean(
-    values: Sequence | np.ndarray,
-    *,
-    null: float = 0.0,
-    direction: str = "greater",
-    confidence: float = 0.95,
-    resamples: int = 10_000,
-    seed: int = 0,
-    statistic: str = "mean over prompts",
-    seeds: int = 1,
-) -> Decision:
-    """Percentile bootstrap of the mean of one value per independent unit (a tabular prompt, a
-    replicate): the one-sample case of :func:`paired_bootstrap` (values against 0). `seeds`
-    records how many independent replicates the units come from."""
-    x = _values(values, "values")
-    return paired_bootstrap(
-        x,
-        np.zeros_like(x),
-        null=null,
-        direction=direction,
-        confidence=confidence,
-        resamples=resamples,
-        seed=seed,
-        statistic=statistic,
-        seeds=seeds,
-    )
 
 
 def proportion(

@@ -97,7 +97,7 @@ class Objective(ABC):
             raise ValueError(
                 f"{self.name}: rewards must be non-empty, got shape {tuple(rewards.shape)}"
             )
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not validation.is_integer(k) or k < 1:
             raise ValueError(f"{self.name}: k must be an integer >= 1, got {k!r}")
         if k > n:
             raise ValueError(f"{self.name}: k = {k} exceeds the group size n = {n}")
