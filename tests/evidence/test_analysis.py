@@ -179,3 +179,18 @@ def test_the_column_crossing_is_the_one_series_rule():
     assert got[1] == y[0, 1]  # starts above the level: its first record
     assert got[0] == pytest.approx(y[1, 0] + 0.25 * (y[2, 0] - y[1, 0]))
     assert got[2] == y[2, 2] and not reached[3]
+
+
+def test_the_margin_of_notebook_03_is_read_strictly(tmp_path):
+    got = preregistration.load_margin(
+        ROOT / "params" / "preregistered" / "03.yaml", "passk_keeps_modes_matched"
+    )
+    assert got.margin == 0.10 and got.confidence == 0.95
+    with pytest.raises(ValueError, match="margins has no entry 'other'"):
+        preregistration.load_margin(ROOT / "params" / "preregistered" / "03.yaml", "other")
+    bad = tmp_path / "m.yaml"
+    bad.write_text(
+        "version: 1\nrationale: r\nmargins:\n  c: {measure: m, margin: -1, confidence: 0.95}\n"
+    )
+    with pytest.raises(ValueError, match="c.margin must be > 0"):
+        preregistration.load_margin(bad, "c")

@@ -54,6 +54,7 @@ __all__ = [
     "paired_bootstrap",
     "proportion",
     "equivalence",
+    "within_margin",
     "alternatives",
     "conjunction",
     "FRAGILE_SE",
@@ -599,15 +600,38 @@ def equivalence(
         values, null=target, confidence=confidence, statistic=statistic, min_seeds=min_seeds,
         unit=unit,
     )  # fmt: skip
-    lo_band, hi_band = target - margin, target + margin
-    if lo_band <= d.low and d.high <= hi_band:
+    return within_margin(d, margin)
+
+
+def within_margin(decision: Decision, margin: float) -> Decision:
+    """The equivalence claim "the statistic equals decision.null within +- `margin`" decided on
+    the interval of an empirical `decision` (a Student t over seeds, a paired bootstrap over
+    prompts), by interval inclusion (Schuirmann's two one-sided tests):
+
+        holds         the interval lies inside [null - margin, null + margin],
+        fails         it lies entirely outside that band,
+        inconclusive  otherwise (or an interval that is not finite).
+
+    The margin is fixed in advance (a params file), never chosen from the interval."""
+    if not (math.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin must be finite and > 0, got {margin}")
+    if decision.kind != "empirical" or decision.band is not None:
+        raise ValueError("within_margin decides the interval of an empirical directional decision")
+    lo_band, hi_band = decision.null - margin, decision.null + margin
+    low, high = decision.low, decision.high
+    if not (math.isfinite(low) and math.isfinite(high)):
+        verdict = "inconclusive"
+    elif lo_band <= low and high <= hi_band:
         verdict = "holds"
-    elif d.high < lo_band or d.low > hi_band:
+    elif high < lo_band or low > hi_band:
         verdict = "fails"
     else:
         verdict = "inconclusive"
     return dataclasses.replace(
-        d, verdict=verdict, method=f"equivalence within +-{margin:g} ({d.method})", band=margin
+        decision,
+        verdict=verdict,
+        method=f"equivalence within +-{margin:g} ({decision.method})",
+        band=margin,
     )
 
 
