@@ -51,11 +51,15 @@ unit: $(STAMP)
 	PASSK_COMPANION_RESULTS=build/test-results MPLBACKEND=Agg $(BIN)/python -m pytest -q -rs -n 2 tests; \
 	  rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
+# Then the claims the notebooks recorded must equal the stored ones (notebooks/claims/*.csv), from
+# which `python -m passk_companion report --tables` generates the documentation's tables.
 nbval: $(STAMP)
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "no notebooks to check"; else \
 	  rm -rf build/test-results/claims; \
 	  PASSK_COMPANION_RESULTS=build/test-results $(BIN)/python -m pytest -q -n 2 --dist loadfile \
-	    $(NBVAL) -o testpaths= $(NOTEBOOKS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc; fi
+	    $(NBVAL) -o testpaths= $(NOTEBOOKS); rc=$$?; [ $$rc -eq 5 ] && rc=0; \
+	  if [ $$rc -eq 0 ]; then $(BIN)/python -m passk_companion compare-claims build/test-results \
+	    notebooks || rc=1; fi; exit $$rc; fi
 
 # Another CPU's kernels, emulated from outside (the library never sets these variables): nbval
 # re-executes the training notebooks with ATen and MKL held to AVX2 and compares them with the

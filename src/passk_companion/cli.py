@@ -68,6 +68,10 @@ def _light_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--nb", default="", help="notebook prefixes (default: all)")
     rep = sub.add_parser("report", help="build REPORT.md from results/claims/ and print it")
     rep.add_argument("--results", default=None, help="results folder (default: results/)")
+    rep.add_argument(
+        "--tables", action="store_true",
+        help="write the tables of the stored claims into docs/claims.md and print them",
+    )  # fmt: skip
     h = sub.add_parser("html", help="render the results folder into a static site (results/site)")
     h.add_argument("--results", default=None, help="results folder (default: results/)")
     c = sub.add_parser(
@@ -307,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             return _notebooks(args)
         if args.command == "compare-claims":
             return _compare_claims(args)
+        if args.command == "report" and args.tables:
+            from passk_companion.evidence.report import write_tables
+
+            print(write_tables(), end="")
+            return 0
         from passk_companion.files import writable_dir
         from passk_companion.repro import results_dir
 
