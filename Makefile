@@ -31,6 +31,7 @@ help:
 	@echo "make reproduce [PROFILE=ci|full|gpu] [NB=01] [RESULTS=dir] [RESUME=1]  execute notebooks into results/"
 	@echo "make test                    ruff + pytest (incl. benchmark quick modes) + nbval (CI)"
 	@echo "make test-dispatch           after make test: nbval of 04 and 06 under AVX2 kernels (CI)"
+	@echo "make test-py312              the torch-free tests on Python 3.12 in .venv-py312 (CI)"
 	@echo "make execute [NB=01]         regenerate the stored notebook outputs (ci profile)"
 	@echo "make html [RESULTS=dir]      render the results into results/site (after reproduce)"
 	@echo "make lab                     JupyterLab on notebooks/ with the project's kernel"
@@ -51,11 +52,15 @@ unit: $(STAMP)
 	PASSK_COMPANION_RESULTS=build/test-results MPLBACKEND=Agg $(BIN)/python -m pytest -q -rs -n 2 tests; \
 	  rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
+# Then the claims the notebooks recorded must equal the stored ones (notebooks/claims/*.csv), from
+# which `python -m passk_companion report --tables` generates the documentation's tables.
 nbval: $(STAMP)
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "no notebooks to check"; else \
 	  rm -rf build/test-results/claims; \
 	  PASSK_COMPANION_RESULTS=build/test-results $(BIN)/python -m pytest -q -n 2 --dist loadfile \
-	    $(NBVAL) -o testpaths= $(NOTEBOOKS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc; fi
+	    $(NBVAL) -o testpaths= $(NOTEBOOKS); rc=$$?; [ $$rc -eq 5 ] && rc=0; \
+	  if [ $$rc -eq 0 ]; then $(BIN)/python -m passk_companion compare-claims build/test-results \
+	    notebooks || rc=1; fi; exit $$rc; fi
 
 # Another CPU's kernels, emulated from outside (the library never sets these variables): nbval
 # re-executes the training notebooks with ATen and MKL held to AVX2 and compares them with the
@@ -113,3 +118,29 @@ $(ISTAMP): requirements.txt constraints.txt pyproject.toml
 test-integrations: $(ISTAMP)
 	PASSK_COMPANION_REQUIRE_INTEGRATIONS=1 PASSK_COMPANION_RESULTS=build/test-results-integrations \
 	  MPLBACKEND=Agg $(IVENV)/bin/python -m pytest -q -rs tests/integrations
+
+# Python 3.12 (pyproject's requires-python is >=3.11,<3.13): the torch-free tests (the evidence,
+# files, the layout and the writing rules) in their own venv, .venv-py312, with the package
+# installed by pip (which checks requires-python) and the libraries those tests import, under the
+# pins of constraints.txt. The suites that need torch (theory, objectives, the diagnostic) run
+# under 3.11 in make test: the package index serves torch for 3.12 only as the CUDA build.
+# PYTHON312: python3.12 on PATH if it runs, else a pyenv 3.12 interpreter.
+PYTHON312 ?= $(shell if python3.12 -c '' 2>/dev/null; then echo python3.12; else \
+  ls -d $(HOME)/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1; fi)
+P312      := .venv-py312
+P312STAMP := $(P312)/.deps-installed
+P312TESTS := tests/evidence tests/test_files.py tests/test_layout.py tests/test_writing.py
+.PHONY: test-py312
+$(P312STAMP): requirements.txt constraints.txt pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "no python3.12 found: set PYTHON312=/path/to/python3.12"; exit 2; }
+	test -x $(P312)/bin/python || $(PYTHON312) -m venv $(P312)
+	$(P312)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
+	  $$(grep -E '^(numpy|scipy|pandas|pyyaml|matplotlib|seaborn|nbformat|nbclient|papermill|ipykernel|tqdm|pytest|pytest-xdist|hypothesis)==' \
+	    requirements.txt) nbconvert bleach
+	$(P312)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+test-py312: $(P312STAMP)
+	$(P312)/bin/python -c "import sys; assert sys.version_info[:2] == (3, 12), sys.version"
+	PASSK_COMPANION_RESULTS=build/test-results-py312 MPLBACKEND=Agg $(P312)/bin/python -m pytest \
+	  -q -rs -n 2 $(P312TESTS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc

@@ -1,7 +1,7 @@
-"""Issue 21, the command line: results folders are never system folders (item 5), sizes the
-profile cannot use are refused with the parameter's name before any work (item 11), a planted
-lock link is refused by `sweep` too (item 2), and user errors are one line, never a traceback
-(item 21: --device meta, PASSK_COMPANION_RESULTS set to a file)."""
+"""The command line: results folders are never system folders, sizes the profile cannot use are
+refused with the parameter's name before any work, a planted lock link is refused by `sweep`
+too, and user errors are one line, never a traceback (--device meta, PASSK_COMPANION_RESULTS set
+to a file)."""
 
 import os
 import resource

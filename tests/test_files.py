@@ -1,6 +1,5 @@
-"""Issue 21, paths (passk_companion.files): stale temporaries are only ours and only where we write
-(item 6), output folders are never system folders (item 5), and what is expected to be a file
-must be a regular file (item 7)."""
+"""Paths (passk_companion.files): stale temporaries are only ours and only where we write, output
+folders are never system folders, and what is expected to be a file must be a regular file."""
 
 import os
 import subprocess

@@ -1,7 +1,7 @@
 """Companion library to "Pass@k Metric for RLVR: A Diagnostic Tool of Exploration, But Not an
 Objective" (arXiv 2511.16231). Notebooks import from here; everything they compute is tested.
 
-Three parts and a thin shell (DESIGN.md, "Layout"):
+Three parts and a thin shell:
 
 * ``passk_companion.theory``: exact and tabular mathematics (Theorem 3.1 and 3.2, estimators, the
   exact-gradient harness, tabular dynamics);
@@ -31,7 +31,7 @@ _EXPORTS = {
     "integrations": "passk_companion.integrations:",
     "pass_at_k": "passk_companion.theory.passk:pass_at_k",
     "alpha_k": "passk_companion.theory.passk:alpha_k",
-    "pass_at_k_unbiased": "passk_companion.theory.passk:pass_at_k_unbiased",
+    "pass_at_k_unbiased": "passk_companion.objectives.estimators:pass_at_k_unbiased",
     "Objective": "passk_companion.objectives:Objective",
     "register": "passk_companion.objectives:register",
     "get_objective": "passk_companion.objectives:get",

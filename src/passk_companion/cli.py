@@ -4,6 +4,8 @@ installed).
     python -m passk_companion train --objective pkpo_loo --k 8 --sampler iid --entropy 0.01 \\
         --profile ci --out runs/x
     python -m passk_companion sweep sweeps/smoke.yaml --backend local --workers 2 --out runs/grid
+    python -m passk_companion train --import my_objectives --objective mine --profile smoke \
+        --out runs/mine
     python -m passk_companion reproduce --profile ci --nb "01 04" --results results
     python -m passk_companion report --results results
     python -m passk_companion html --results results
@@ -11,8 +13,10 @@ installed).
 `train` pretrains the profile's base once (cached at <out>/base.pt, or --base PATH to share one;
 a named base of another configuration is never overwritten), then runs RL; metrics.csv,
 prompts.csv, checkpoint.pt and timings.json go to --out. Re-running the same command resumes from
-the checkpoint; --fresh starts over. Every value is checked before any work starts; errors are
-one line on stderr and exit status 2.
+the checkpoint; --fresh starts over. `--import MODULE` (train and sweep, repeatable) imports a
+module that registers objectives, in this process and in every sweep worker; installed packages
+register theirs through the entry-point group `passk_companion.objectives` without it. Every value
+is checked before any work starts; errors are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import signal
 import sys
 from pathlib import Path
+
+from passk_companion import validation
 
 __all__ = ["main"]
 
@@ -32,23 +37,19 @@ LIGHT = ("reproduce", "execute", "report", "html", "compare-claims")
 
 
 def _finite(text: str) -> float:
+    """A command-line number, checked by passk_companion.validation.number (finite)."""
     try:
-        value = float(text)
+        return validation.number(float(text), "value")
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
+    """A command-line integer >= 1, checked by passk_companion.validation.integer."""
     try:
-        value = int(text)
+        return validation.integer(int(text), "value", minimum=1)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
 
 
 def _light_parsers(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +68,10 @@ def _light_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--nb", default="", help="notebook prefixes (default: all)")
     rep = sub.add_parser("report", help="build REPORT.md from results/claims/ and print it")
     rep.add_argument("--results", default=None, help="results folder (default: results/)")
+    rep.add_argument(
+        "--tables", action="store_true",
+        help="write the tables of the stored claims into docs/claims.md and print them",
+    )  # fmt: skip
     h = sub.add_parser("html", help="render the results folder into a static site (results/site)")
     h.add_argument("--results", default=None, help="results folder (default: results/)")
     c = sub.add_parser(
@@ -104,6 +109,7 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
     t.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads")
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _import_argument(t)
 
     s = sub.add_parser("sweep", help="run a grid of train runs (local processes or Ray)")
     s.add_argument("grid", help="grid file (YAML): profile, overrides, grid")
@@ -120,6 +126,7 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
     s.add_argument(
         "--max-trials", type=_positive_int, default=None, help="allow grids of more trials"
     )
+    _import_argument(s)
 
     from passk_companion.integrations.diagnose import add_arguments as diagnose_arguments
 
@@ -127,6 +134,13 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
 
     _light_parsers(sub)
     return ap
+
+
+def _import_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="a module that registers objectives (repeatable; also imported by sweep workers)",
+    )  # fmt: skip
 
 
 def _device(name: str | None) -> str | None:
@@ -286,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
 
         errors = (ValueError, OSError, RunLockedError)
     try:
+        if args.command in ("train", "sweep"):
+            from passk_companion import objectives
+
+            objectives.use(args.imports)
         if args.command == "train":
             return _train(args)
         if args.command == "sweep":
@@ -298,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
             return _notebooks(args)
         if args.command == "compare-claims":
             return _compare_claims(args)
+        if args.command == "report" and args.tables:
+            from passk_companion.evidence.report import write_tables
+
+            print(write_tables(), end="")
+            return 0
         from passk_companion.files import writable_dir
         from passk_companion.repro import results_dir
 

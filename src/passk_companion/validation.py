@@ -10,10 +10,16 @@ inf" wherever it comes from. Booleans are never numbers; non-finite numbers are 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["number", "integer", "flag", "choice", "string", "is_number"]
+__all__ = ["number", "integer", "flag", "choice", "string", "is_number", "is_integer"]
+
+
+def is_integer(value: object) -> bool:
+    """An integer (a Python or numpy integer) that is not a bool."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
 
 
 def is_number(value: object) -> bool:
@@ -47,7 +53,7 @@ def integer(
     value: object, name: str, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
     """An integer (not a bool) in [minimum, maximum]."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -1,5 +1,5 @@
-"""Issue 21, notebook parameters (passk_companion.evidence.params): upper bounds on sizes and lists
-(item 11), and relations between parameters checked in the validation cell (item 18)."""
+"""Notebook parameters (passk_companion.evidence.params): upper bounds on sizes and lists, and
+relations between parameters checked in the validation cell."""
 
 import pytest
 

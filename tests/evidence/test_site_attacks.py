@@ -1,7 +1,6 @@
-"""Issue 21, the site and the report: no symlink target is copied (item 4), a data: or
-javascript: link stays refused with tabs or newlines in its scheme (item 19), REPORT.md escapes
-Markdown rather than writing HTML entities (item 20), and a broken notebook is one clear line
-(item 21)."""
+"""The site and the report under hostile input: no symlink target is copied, a data: or javascript:
+link stays refused with tabs or newlines in its scheme, REPORT.md escapes Markdown rather than
+writing HTML entities, and a broken notebook is one clear line."""
 
 import mistune
 import nbformat

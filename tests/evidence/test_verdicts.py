@@ -248,3 +248,20 @@ def test_within_prints_its_bound_and_deterministic_mean_is_numerical():
     assert m.kind == "numerical" and m.verdict == "holds" and "67% of 3 prompts" in m.method
     assert v.deterministic_mean([0.1, -0.05], direction="less").verdict == "fails"
     assert v.bonferroni_z(1, 0.05) == pytest.approx(stats.norm.ppf(0.975))
+
+
+def test_within_margin_decides_any_interval_by_inclusion():
+    """Two one-sided tests by interval inclusion, on the interval of a bootstrap decision."""
+    rng = np.random.default_rng(0)
+    near = rng.normal(0.0, 0.05, size=200)
+    d = v.paired_bootstrap(near, np.zeros_like(near), statistic="x", seed=0)
+    same = v.within_margin(d, 0.1)
+    assert same.verdict == "holds" and same.band == 0.1 and same.low == d.low
+    assert "claim = 0" in same.describe() and "equivalence within +-0.1" in same.method
+    far = rng.normal(1.0, 0.05, size=200)
+    assert v.within_margin(v.paired_bootstrap(far, np.zeros_like(far)), 0.1).verdict == "fails"
+    assert v.within_margin(d, 0.001).verdict == "inconclusive"
+    with pytest.raises(ValueError, match="margin must be finite and > 0"):
+        v.within_margin(d, 0.0)
+    with pytest.raises(ValueError, match="empirical directional decision"):
+        v.within_margin(same, 0.1)

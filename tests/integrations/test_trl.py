@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -274,3 +275,19 @@ def test_two_processes_gather_and_slice_as_trl_does(tmp_path):
             assert {k: log[k] for k in expected.metrics("passk/")} == pytest.approx(
                 expected.metrics("passk/")
             )
+
+
+def test_a_users_objective_trains_through_the_trainer(tmp_path, monkeypatch):
+    """An objective of a module that is not installed (tests/mine_objectives.py), named in
+    PASSK_COMPANION_IMPORT, reaches PassKGRPOTrainer by name: its advantages are n x its weights
+    (RLOO's, under the name `mine`)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("PASSK_COMPANION_IMPORT", "mine_objectives")
+    try:
+        trainer, _ = train(Recording, tmp_path, objective="mine", k=1)
+        for rewards_per_func, advantages in trainer.seen:
+            table = rewards_per_func.sum(1).double().view(-1, N)
+            want = N * objectives.get("pass1_reinforce").weights(table, 1).reshape(-1)
+            torch.testing.assert_close(advantages.double(), want, rtol=1e-6, atol=1e-7)
+    finally:
+        objectives.unregister("mine")  # the other tests see the registry as installed

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -369,3 +370,41 @@ def test_companion_diagnose_reads_the_validation_dump_verl_wrote(tmp_path, capsy
     assert got["pass_at_k"]["8"] == 1.0  # the issue's example: where verl's best@8 is 0.651
     assert got["situation_I_share"] == pytest.approx(1 / 5)
     assert got["steps"]["steps"] == [10, 20] and got["steps"]["k"] == 2
+
+
+USER_SCRIPT = """
+import numpy as np, torch
+from omegaconf import OmegaConf
+import verl  # loads the plugin, which registers every objective (PASSK_COMPANION_IMPORT's too)
+from verl import DataProto
+from verl.trainer.ppo.ray_trainer import compute_advantage
+
+rewards = torch.zeros(8, 3)
+rewards[:, -1] = torch.tensor([0, 0, 1.0, 0, 1, 1, 0, 1])
+data = DataProto.from_dict(
+    tensors={"token_level_rewards": rewards, "response_mask": torch.ones_like(rewards)},
+    non_tensors={"uid": np.array(["a"] * 4 + ["b"] * 4, dtype=object)},
+)
+cfg = OmegaConf.create({"passk_companion": {"k": 1}, "norm_adv_by_std_in_grpo": True})
+mine = compute_advantage(data, adv_estimator="passk_companion.mine", config=cfg)
+rloo = compute_advantage(data, adv_estimator="passk_companion.pass1_reinforce", config=cfg)
+assert torch.equal(mine.batch["advantages"], rloo.batch["advantages"])
+print("equal", mine.batch["advantages"].abs().sum().item() > 0)
+"""
+
+
+def test_a_users_objective_is_a_verl_estimator(tmp_path):
+    """A module that is not installed (tests/mine_objectives.py), named in PASSK_COMPANION_IMPORT:
+    `import verl` registers its objective as the estimator passk_companion.mine, and
+    compute_advantage runs it (RLOO's weights under another name, so it equals
+    passk_companion.pass1_reinforce)."""
+    import subprocess
+
+    mine = Path(__file__).resolve().parents[1] / "mine_objectives.py"
+    (tmp_path / "my_objectives.py").write_text(mine.read_text())
+    env = {**os.environ, "PASSK_COMPANION_IMPORT": "my_objectives", "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", USER_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["equal", "True"]

@@ -1,6 +1,6 @@
-"""Issue 21, checkpoints and bases: --fresh never overwrites a file that is not ours (item 3),
-a base must be a regular file (item 7), a small file cannot inflate into a huge tensor (item 10),
-and wrong shapes, bad RNG states and a read-only base folder give one clear line (item 21)."""
+"""Checkpoints and bases: --fresh never overwrites a file that is not ours, a base must be a
+regular file, a small file cannot inflate into a huge tensor, and wrong shapes, bad RNG states
+and a read-only base folder give one clear line."""
 
 import errno
 import io

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from passk_companion import cli
-from passk_companion.model import analysis, config, evaluation, pretrain, rl
+from passk_companion.evidence import analysis
+from passk_companion.model import config, evaluation, pretrain, rl
 from passk_companion.model.portable import NATIVE
 
 SMOKE = config.for_profile("smoke")

@@ -10,8 +10,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from passk_companion.evidence import claims, preregistration
-from passk_companion.model import analysis
+from passk_companion.evidence import analysis, claims, preregistration
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIDENCE = ROOT / "evidence" / "04_full"

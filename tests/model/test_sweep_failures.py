@@ -1,8 +1,7 @@
-"""Issue 21, the sweep: names that stay inside --out (item 1), trial folders that are links
-(item 2), only our own temporaries (item 6), grid files that are not regular files (item 7), alias
-bombs (item 8), the size of the product (item 9), orphans, dead workers and Ray (items 12-14),
-finished trials that no longer match done.json (item 16), equal trials (item 17), and one-line
-errors (item 21)."""
+"""The sweep's failures: names that stay inside --out, trial folders that are links, only our own
+temporaries, grid files that are not regular files, alias bombs, the size of the product,
+orphans, dead workers and Ray, finished trials that no longer match done.json, equal trials, and
+one-line errors."""
 
 import contextlib
 import errno

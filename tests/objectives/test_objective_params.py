@@ -1,6 +1,6 @@
-"""Issue 21, item 15: objective parameters are validated in the registry, so non-finite or
-out-of-range values (and anything that is not configuration) fail with one line naming the
-parameter, wherever they come from (a grid file, RLConfig, the tabular dynamics, the bandit)."""
+"""Objective parameters are validated in the registry, so non-finite or out-of-range values (and
+anything that is not configuration) fail with one line naming the parameter, wherever they come
+from (a grid file, RLConfig, the tabular dynamics, the bandit)."""
 
 import pytest
 import yaml

@@ -14,7 +14,7 @@ from passk_companion import objectives
 from passk_companion.objectives import Objective
 from passk_companion.objectives.passk_family import (
     PKPO,
-    PKPOLooMinusOne,
+    PKPOLoo,
     max_at_k_estimate,
     max_at_k_weights,
 )
@@ -381,7 +381,7 @@ def test_binary_fast_path_equals_the_real_formula(n):
         tol = {"rtol": 0, "atol": 1e-12}
         torch.testing.assert_close(PKPO.binary_weights(rows, k), max_at_k_weights(rows, k), **tol)
         torch.testing.assert_close(
-            PKPOLooMinusOne.binary_weights(rows, k), max_at_k_weights(rows, k, True), **tol
+            PKPOLoo.binary_weights(rows, k), max_at_k_weights(rows, k, True), **tol
         )
         c = rows.sum(1)
         torch.testing.assert_close(max_at_k_estimate(rows, k), passk.pass_at_k_unbiased(n, c, k))

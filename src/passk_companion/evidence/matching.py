@@ -2,9 +2,11 @@
 
 Objectives are compared at matched J_1 (or pass@1, or KL), never at equal step counts: a slower
 objective always looks more "diverse" after a fixed number of steps. A run is a table of records
-(one row per evaluation); :func:`crossing` finds where a column first reaches a level, and
-:func:`at_matched` interpolates any other column there, linearly between the two records around
-the crossing. numpy and pandas only (no torch).
+(one row per evaluation); :func:`crossings` finds where a series first reaches a level (column by
+column, for per-prompt traces), and :func:`interpolate` reads any other series there, linearly
+between the two records around the crossing. Every comparison at equal progress uses these two:
+:func:`at_matched` (one run), passk_companion.theory.tabular_matching.per_prompt_at (tabular
+prompts) and passk_companion.evidence.analysis (the tiny GPT's prompts). numpy and pandas only.
 """
 
 from __future__ import annotations
@@ -15,33 +17,60 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-__all__ = ["crossing", "at_matched", "matched_per_run"]
+__all__ = ["crossings", "crossing", "interpolate", "at_matched", "matched_per_run"]
+
+
+def crossings(
+    x: np.ndarray, target: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where each column of a recorded series x ((T,) or (T, P), records along axis 0) first
+    reaches `target`: arrays (i0, i1, w, reached) of shape x.shape[1:], the crossing lying a
+    fraction w of the way from record i0 to record i1 (linear interpolation; i0 = i1, w = 1 where
+    the series starts at or above the target or does not move there). Where `reached` is False
+    the other three are placeholders (0, 0, 1)."""
+    x = np.asarray(x, dtype=float)
+    crossed = x >= target
+    reached = crossed.any(axis=0)
+    i1 = crossed.argmax(axis=0)  # the first record at or above the target (0 if none)
+    i0 = np.maximum(i1 - 1, 0)
+    x1, x0 = _take(x, i1), _take(x, i0)
+    moves = reached & (i1 > 0) & (x1 != x0)
+    span = np.where(moves, x1 - x0, 1.0)
+    w = np.where(moves, (target - x0) / span, 1.0)
+    return np.where(moves, i0, i1), i1, w, reached
+
+
+def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """values[index[j], j] for every column j (values[index] for a 1-D series)."""
+    if values.ndim == 1:
+        return values[index]
+    return np.take_along_axis(values, index[None, ...], axis=0)[0]
 
 
 def crossing(x: np.ndarray, target: float) -> tuple[int, int, float] | None:
-    """Where a recorded series first reaches `target`: (i0, i1, w) such that the crossing lies a
-    fraction w of the way from record i0 to record i1 (linear interpolation; i0 = i1, w = 1 if
-    the series starts at or above the target, or does not move); None if it never gets there."""
-    x = np.asarray(x, dtype=float)
-    hit = np.flatnonzero(x >= target)
-    if len(hit) == 0:
+    """:func:`crossings` of one series: (i0, i1, w), or None if it never reaches `target`."""
+    i0, i1, w, reached = crossings(np.asarray(x, dtype=float).reshape(-1), target)
+    if not reached:
         return None
-    i = int(hit[0])
-    if i == 0 or x[i] == x[i - 1]:
-        return i, i, 1.0
-    return i - 1, i, float((target - x[i - 1]) / (x[i] - x[i - 1]))
+    return int(i0), int(i1), float(w)
+
+
+def interpolate(y: np.ndarray, i0: np.ndarray, i1: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A series y (records along axis 0, shaped as the x of :func:`crossings`) at the crossing
+    (i0, i1, w): y[i1] where i0 = i1, else y[i0] + w (y[i1] - y[i0])."""
+    y = np.asarray(y, dtype=float)
+    y0, y1 = _take(y, i0), _take(y, i1)
+    return np.where(i0 == i1, y1, y0 + w * (y1 - y0))
 
 
 def at_matched(history: pd.DataFrame, target: float, column: str, by: str = "J1") -> float:
     """`column` where the run first reaches `by` >= target, linearly interpolated between the two
     recorded steps around the crossing (NaN if the run never reaches it; the first row if it starts
     there). Rows are taken in their order (sort by step first)."""
-    y = history[column].to_numpy(dtype=float)
-    cross = crossing(history[by].to_numpy(dtype=float), target)
-    if cross is None:
+    i0, i1, w, reached = crossings(history[by].to_numpy(dtype=float), target)
+    if not reached:
         return math.nan
-    i0, i1, w = cross
-    return float(y[i1]) if i0 == i1 else float(y[i0] + w * (y[i1] - y[i0]))
+    return float(interpolate(history[column].to_numpy(dtype=float), i0, i1, w))
 
 
 def matched_per_run(

@@ -4,8 +4,8 @@ A pre-registration fixes, before the run it decides, everything a decision depen
 primary measure, the matched levels, the equivalence margin, the family-wise level and its
 multiplicity rule, the direction of every row, and the design (graphs, bases, seeds). It is
 committed before the results, so the history shows the order. :func:`load` refuses a file with an
-unknown, missing or mistyped key, naming it; the decisions (passk_companion.model.analysis.decide)
-take their values from the returned object only.
+unknown, missing or mistyped key, naming it; the decisions
+(passk_companion.evidence.analysis.decide) take their values from the returned object only.
 """
 
 from __future__ import annotations
@@ -19,10 +19,20 @@ import yaml
 
 from passk_companion import validation as check
 
-__all__ = ["Row", "Design", "GradCheck", "Preregistration", "load", "CLAIMS", "MEASURES"]
+__all__ = [
+    "Row",
+    "Design",
+    "GradCheck",
+    "Preregistration",
+    "Margin",
+    "load",
+    "load_margin",
+    "CLAIMS",
+    "MEASURES",
+]
 
 CLAIMS = ("equivalent", "greater", "less")
-# the decided measures passk_companion.model.analysis knows
+# the decided measures passk_companion.evidence.analysis knows
 MEASURES = ("test_modes_eff", "hard_j1_gain")
 MULTIPLICITY = ("holm",)
 
@@ -133,18 +143,60 @@ _TOP = {
 }  # fmt: skip
 
 
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise ValueError(f"no pre-registration file at {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+
+
 def load(path: str | Path) -> Preregistration:
     """Read and validate a pre-registration file (YAML, safe loader); ValueError naming the file
     and the key when it is not a valid one."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no pre-registration file at {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
+    data = _read(path)
     try:
         return _parse(data, str(path))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+@dataclass(frozen=True)
+class Margin:
+    """The equivalence margin of one claim of a notebook, fixed in a params file: `claim` (its
+    id), `measure` (what the margin is in), `margin` (> 0) and the `confidence` of the interval
+    decided by passk_companion.evidence.verdicts.within_margin."""
+
+    claim: str
+    measure: str
+    margin: float
+    confidence: float
+
+
+def load_margin(path: str | Path, claim: str) -> Margin:
+    """The margin of `claim` in a params file of equivalence margins (params/preregistered/03.yaml:
+    version, then `margins`, a mapping of claim ids to {measure, margin, confidence}, and a
+    `rationale`); ValueError naming the file and the key when it is not a valid one."""
+    path = Path(path)
+    data = _read(path)
+    try:
+        d = _keys(data, "the file", {"version", "margins", "rationale"})
+        check.integer(d["version"], "version", minimum=1, maximum=1)
+        _text(d["rationale"], "rationale")
+        margins = d["margins"]
+        if not isinstance(margins, dict) or claim not in margins:
+            raise ValueError(f"margins has no entry {claim!r}")
+        entry = _keys(margins[claim], f"margins.{claim}", {"measure", "margin", "confidence"})
+        return Margin(
+            claim=claim,
+            measure=check.string(entry["measure"], f"{claim}.measure", allow_empty=False),
+            margin=check.number(entry["margin"], f"{claim}.margin", low=0, low_open=True),
+            confidence=check.number(
+                entry["confidence"], f"{claim}.confidence", low=0.5, high=1, high_open=True
+            ),
+        )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 

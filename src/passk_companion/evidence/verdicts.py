@@ -1,7 +1,7 @@
 """The statistical rules that turn numbers into verdicts: holds / fails / partly / inconclusive.
 
 Every verdict a notebook records comes from one of these functions; cells never hold thresholds of
-their own. Three kinds of claim (DESIGN.md, "Evidence standards"):
+their own. Three kinds of claim:
 
 * ``identity``  -- true by algebra (a symbolic residual, an exact equality). Checking it verifies
   our code, not the paper: the verdict is ``holds`` or ``fails`` (:func:`exact`).
@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from passk_companion import validation
+
 __all__ = [
     "KINDS",
     "VERDICTS",
@@ -52,6 +54,7 @@ __all__ = [
     "paired_bootstrap",
     "proportion",
     "equivalence",
+    "within_margin",
     "alternatives",
     "conjunction",
     "FRAGILE_SE",
@@ -60,7 +63,6 @@ __all__ = [
     "bonferroni_z",
     "MC_ALPHA",
     "deterministic_mean",
-    "bootstrap_mean",
     "nested_bootstrap",
     "Hypothesis",
     "TTest",
@@ -266,7 +268,7 @@ def bonferroni_z(tests: int, alpha: float = 1e-3) -> float:
     """The two-sided z threshold that keeps the family-wise error of `tests` z-scores at `alpha`:
     Phi^{-1}(1 - alpha / (2 tests)) (Bonferroni). A check "max |z| <= threshold" of an unbiased
     estimator then fails with probability at most alpha under the CLT."""
-    if isinstance(tests, bool) or not isinstance(tests, (int, np.integer)) or tests < 1:
+    if not validation.is_integer(tests) or tests < 1:
         raise ValueError(f"tests must be an integer >= 1, got {tests!r}")
     _check_confidence(1 - alpha)
     return float(stats.norm.ppf(1 - alpha / (2 * int(tests))))
@@ -660,34 +662,6 @@ def decide_family(
     return out
 
 
-def bootstrap_mean(
-    values: Sequence | np.ndarray,
-    *,
-    null: float = 0.0,
-    direction: str = "greater",
-    confidence: float = 0.95,
-    resamples: int = 10_000,
-    seed: int = 0,
-    statistic: str = "mean over prompts",
-    seeds: int = 1,
-) -> Decision:
-    """Percentile bootstrap of the mean of one value per independent unit (a tabular prompt, a
-    replicate): the one-sample case of :func:`paired_bootstrap` (values against 0). `seeds`
-    records how many independent replicates the units come from."""
-    x = _values(values, "values")
-    return paired_bootstrap(
-        x,
-        np.zeros_like(x),
-        null=null,
-        direction=direction,
-        confidence=confidence,
-        resamples=resamples,
-        seed=seed,
-        statistic=statistic,
-        seeds=seeds,
-    )
-
-
 def proportion(
     successes: int,
     total: int,
@@ -753,15 +727,38 @@ def equivalence(
         values, null=target, confidence=confidence, statistic=statistic, min_seeds=min_seeds,
         unit=unit,
     )  # fmt: skip
-    lo_band, hi_band = target - margin, target + margin
-    if lo_band <= d.low and d.high <= hi_band:
+    return within_margin(d, margin)
+
+
+def within_margin(decision: Decision, margin: float) -> Decision:
+    """The equivalence claim "the statistic equals decision.null within +- `margin`" decided on
+    the interval of an empirical `decision` (a Student t over seeds, a paired bootstrap over
+    prompts), by interval inclusion (Schuirmann's two one-sided tests):
+
+        holds         the interval lies inside [null - margin, null + margin],
+        fails         it lies entirely outside that band,
+        inconclusive  otherwise (or an interval that is not finite).
+
+    The margin is fixed in advance (a params file), never chosen from the interval."""
+    if not (math.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin must be finite and > 0, got {margin}")
+    if decision.kind != "empirical" or decision.band is not None:
+        raise ValueError("within_margin decides the interval of an empirical directional decision")
+    lo_band, hi_band = decision.null - margin, decision.null + margin
+    low, high = decision.low, decision.high
+    if not (math.isfinite(low) and math.isfinite(high)):
+        verdict = "inconclusive"
+    elif lo_band <= low and high <= hi_band:
         verdict = "holds"
-    elif d.high < lo_band or d.low > hi_band:
+    elif high < lo_band or low > hi_band:
         verdict = "fails"
     else:
         verdict = "inconclusive"
     return dataclasses.replace(
-        d, verdict=verdict, method=f"equivalence within +-{margin:g} ({d.method})", band=margin
+        decision,
+        verdict=verdict,
+        method=f"equivalence within +-{margin:g} ({decision.method})",
+        band=margin,
     )
 
 

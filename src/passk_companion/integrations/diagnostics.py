@@ -7,10 +7,10 @@ step and an answer. Groups may be ragged (n_g rollouts in group g). Notation of 
 Per group g, with n_g rollouts of which c_g are correct (0/1 rewards):
 
     pass@k  rho(n_g, c_g, k) = 1 - C(n_g - c_g, k) / C(n_g, k)      (Chen et al. 2021), k <= n_g,
-            the unbiased estimate of J_k, computed by `passk_companion.passk.pass_at_k_unbiased`;
+            the unbiased estimate of J_k (`passk_companion.theory.passk.pass_at_k_unbiased`);
     J_1     c_g / n_g, the unbiased estimate of J_1 (= rho(n_g, c_g, 1));
     alpha_k k (1 - J_1)^(k - 1) at that estimate: the per-prompt factor of Theorem 3.1,
-            grad J_k = alpha_k grad J_1 (`passk_companion.passk.alpha_k`);
+            grad J_k = alpha_k grad J_1 (`passk_companion.theory.passk.alpha_k`);
     gap     rho(n_g, c_g, k) - c_g / n_g, unbiased for Delta(k) = J_k - J_1 (Sec. 3.2);
     Situation I   c_g = 0: every sampled pass@k estimate and every weight of a pass@k objective
             is exactly zero (no signal); it happens with probability (1 - J_1)^n_g;

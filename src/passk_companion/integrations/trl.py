@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 
-from passk_companion import objectives
+from passk_companion import objectives, validation
 from passk_companion.integrations.diagnostics import default_ks, diagnose
 
 __all__ = ["PassKGRPOTrainer", "METRIC_PREFIX"]
@@ -69,7 +69,7 @@ class PassKGRPOTrainer(GRPOTrainer):
                 else f"rollouts drawn by the {obj.sampler!r} sampler (TRL's are i.i.d.)"
             )
             raise ValueError(f"PassKGRPOTrainer: objective {objective!r} needs {need}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not validation.is_integer(k) or k < 1:
             raise ValueError(f"PassKGRPOTrainer: k must be an integer >= 1, got {k!r}")
         super().__init__(*args, **kwargs)
         for what, n in (

@@ -61,7 +61,7 @@ import torch
 from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo import core_algos
 
-from passk_companion import objectives
+from passk_companion import objectives, validation
 from passk_companion.integrations.diagnose import final_outputs
 from passk_companion.integrations.diagnostics import default_ks, diagnose, group_codes, size_buckets
 
@@ -127,7 +127,7 @@ def settings(config: Any, objective: str) -> tuple[int, dict[str, Any]]:
             "algorithm config is converted to a dataclass)"
         )
     k = section.pop("k")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not validation.is_integer(k) or k < 1:
         raise ValueError(f"{name}: algorithm.{CONFIG_KEY}.k must be an integer >= 1, got {k!r}")
     return k, section
 

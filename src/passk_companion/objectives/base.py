@@ -6,12 +6,26 @@ each a plain value (a finite number, a bool, a short string or None: what a grid
 results table can hold), and each constructor checks its own ranges with
 :mod:`passk_companion.validation`, so ``{eps: .nan}`` or ``{beta: .inf}`` fails with one line naming
 the parameter before any work starts.
+
+Objectives of other packages join the registry on first use (the first :func:`get`,
+:func:`names` or :func:`parameters`): every entry point of the group ``passk_companion.objectives``
+is loaded (its module registers its classes; an entry point that names an unregistered
+:class:`Objective` subclass is registered under the entry point's name), then every module named
+in the environment variable ``PASSK_COMPANION_IMPORT`` (comma-separated) is imported. A plugin
+that fails to load is reported in one line naming it (stderr, and in the error for an unknown
+objective), and the others are still loaded. :func:`use` imports modules now and adds them to
+``PASSK_COMPANION_IMPORT``, so that the processes this one starts (sweep workers, Ray workers)
+import them too.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import inspect
 import math
+import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -32,7 +46,14 @@ __all__ = [
     "names",
     "is_binary",
     "seeded",
+    "use",
+    "plugin_errors",
+    "ENTRY_POINT_GROUP",
+    "IMPORT_VARIABLE",
 ]
+
+ENTRY_POINT_GROUP = "passk_companion.objectives"  # installed packages register objectives here
+IMPORT_VARIABLE = "PASSK_COMPANION_IMPORT"  # modules every process imports (comma-separated)
 
 SAMPLERS = ("iid", "swor")  # the values of Objective.sampler (and of the training config)
 
@@ -76,7 +97,7 @@ class Objective(ABC):
             raise ValueError(
                 f"{self.name}: rewards must be non-empty, got shape {tuple(rewards.shape)}"
             )
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not validation.is_integer(k) or k < 1:
             raise ValueError(f"{self.name}: k must be an integer >= 1, got {k!r}")
         if k > n:
             raise ValueError(f"{self.name}: k = {k} exceeds the group size n = {n}")
@@ -175,10 +196,103 @@ def parameters(name: str) -> list[str]:
 
 
 def _lookup(name: object) -> type[Objective]:
+    _load_plugins()
     try:
         return _REGISTRY[name]  # type: ignore[index]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown objective {name!r}; registered: {', '.join(names())}") from None
+        broken = "".join(f"; {line}" for line in _BROKEN.values())
+        raise ValueError(
+            f"unknown objective {name!r}; registered: {', '.join(names())}{broken}"
+        ) from None
+
+
+_BROKEN: dict[str, str] = {}  # entry-point name -> the line that reports its failure
+_ENTRY_POINTS_LOADED = False
+_IMPORTED: set[str] = set()  # modules of IMPORT_VARIABLE imported in this process
+
+
+def plugin_errors() -> list[str]:
+    """One line for each entry point of ENTRY_POINT_GROUP that failed to load."""
+    _load_plugins()
+    return list(_BROKEN.values())
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True  # first: a plugin that calls names() while loading is no loop
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=str):
+        try:
+            loaded = ep.load()
+            if (
+                isinstance(loaded, type)
+                and issubclass(loaded, Objective)
+                and loaded not in _REGISTRY.values()
+            ):
+                register(ep.name)(loaded)
+        except Exception as err:  # noqa: BLE001 - any failure of a plugin is reported, not fatal
+            line = (
+                f"objective plugin {ep.name!r} ({ep.value}, entry point group "
+                f"{ENTRY_POINT_GROUP}) failed to load: {type(err).__name__}: "
+                + " ".join(str(err).split())
+            )
+            _BROKEN[ep.name] = line
+            print(f"warning: {line}", file=sys.stderr)
+
+
+def _modules(text: str) -> list[str]:
+    return [m for m in (part.strip() for part in text.split(",")) if m]
+
+
+def _import(module: str, where: str) -> None:
+    if module in _IMPORTED:
+        return
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - one line naming the module, whatever it raised
+        reason = " ".join(str(err).split())
+        raise ValueError(
+            f"{where}: cannot import {module!r}: {type(err).__name__}: {reason}"
+        ) from None
+    _IMPORTED.add(module)
+
+
+def _load_plugins() -> None:
+    _load_entry_points()
+    for module in _modules(os.environ.get(IMPORT_VARIABLE, "")):
+        _import(module, IMPORT_VARIABLE)
+
+
+def use(modules: list[str] | tuple[str, ...]) -> None:
+    """Import `modules` (which register objectives) now, and add them to IMPORT_VARIABLE, with
+    the folder each was found in added to PYTHONPATH, so that the processes started from this one
+    (sweep workers, Ray workers on this machine) import them as well. ValueError (one line naming
+    the module) if one cannot be imported."""
+    for module in modules:
+        validation.string(module, "--import", max_length=200)
+        _import(module, "--import")
+        listed = _modules(os.environ.get(IMPORT_VARIABLE, ""))
+        if module not in listed:
+            os.environ[IMPORT_VARIABLE] = ",".join([*listed, module])
+        root = _import_root(module)
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if root is not None and root not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+
+
+def _import_root(module: str) -> str | None:
+    """The folder on sys.path that holds the top-level package of `module` (None if unknown)."""
+    top = sys.modules.get(module.split(".")[0])
+    origin = getattr(top, "__file__", None)
+    if origin is None:
+        return None
+    path = os.path.dirname(os.path.abspath(origin))
+    if os.path.basename(origin) == "__init__.py":
+        path = os.path.dirname(path)
+    if path.startswith(os.path.abspath(sys.prefix) + os.sep):  # installed: every process finds it
+        return None
+    return path
 
 
 def _plain(value: object, where: str) -> object:
@@ -212,6 +326,7 @@ def get(name: str, **params: Any) -> Objective:
 
 def names(sampler: str | None = None) -> list[str]:
     """Names of the registered objectives (those assuming `sampler`, if given), sorted."""
+    _load_plugins()
     return sorted(n for n, cls in _REGISTRY.items() if sampler is None or cls.sampler == sampler)
 
 

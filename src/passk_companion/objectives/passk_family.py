@@ -4,8 +4,8 @@ heuristic.
 
 Notation: a group of n i.i.d. rollouts with rewards g_1..g_n; for 0/1 rewards c of them correct and
 rho(n, c, k) = 1 - C(n-c, k)/C(n, k) the unbiased pass@k estimate
-(passk_companion.theory.passk.pass_at_k_unbiased), with rho(., ., 0) = 0. max@k = E[max of k i.i.d.
-rewards]; for 0/1 rewards it is pass@k.
+(passk_companion.objectives.estimators.pass_at_k_unbiased), with rho(., ., 0) = 0. max@k = E[max
+of k i.i.d. rewards]; for 0/1 rewards it is pass@k.
 
 Real-valued weights (Walder & Karkhanis 2025, arXiv 2505.15201): sort the group ascending,
 g_(1) <= ... <= g_(n) (ties in any order: the max of a subset does not depend on it). A k-subset
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from passk_companion.objectives.base import Objective, StdNormalized, is_binary, register
-from passk_companion.theory.passk import pass_at_k_unbiased
+from passk_companion.objectives.estimators import pass_at_k_unbiased
 
 __all__ = ["rho", "subset_coefficients", "max_at_k_weights", "max_at_k_estimate"]
 
@@ -125,7 +125,7 @@ class PKPO(Objective):
 
 
 @register("pkpo_loo")
-class PKPOLooMinusOne(Objective):
+class PKPOLoo(Objective):
     """PKPO with the leave-one-out "minus one" baseline (Walder & Karkhanis 2025, eq. 33):
 
         s_i = (1 / C(n, k)) sum_{|I| = k, i in I} [max_{j in I} g_j - max_{j in I \\ i} g_j],

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from passk_companion import objectives
+from passk_companion import objectives, validation
 from passk_companion.theory.harness import score_estimate
 
 __all__ = [
@@ -55,7 +55,7 @@ LOCAL = (65, 85)  # the arms around the local optimum (arm 75), where the policy
 
 
 def _arms(arms: int) -> Tensor:
-    if isinstance(arms, bool) or not isinstance(arms, int) or arms < 2:
+    if not validation.is_integer(arms) or arms < 2:
         raise ValueError(f"arms must be an integer >= 2, got {arms!r}")
     return torch.arange(arms, dtype=torch.float64)
 
@@ -152,8 +152,45 @@ def train(
     Each seed has its own generator, which draws, per step, n uniforms per variant for the arms
     (inverse-CDF sampling), n for the Bernoulli rewards and n normals for the noisy ones: a
     seed's runs do not depend on the other seeds."""
+    means, logits0 = _checked(variants, seeds, steps, n, lr, record_every, noise_sd, means, logits0)
+    layout = _Layout.of(variants, len(seeds))
+    n_var, arms = len(variants), len(means)
+    z = logits0.expand(layout.rows, arms).clone()
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    seed_col = np.tile(np.asarray(seeds), n_var)
+    label_col = np.repeat(np.asarray([v.label for v in layout.ordered]), len(seeds))
+    records = []
+    for step in range(steps + 1):
+        if step % record_every == 0 or step == steps:
+            m = metrics(z, means, window)
+            records.append(
+                pd.DataFrame(
+                    {"step": step, "seed": seed_col, "variant": label_col}
+                    | {key: val.numpy() for key, val in m.items()}
+                )
+            )
+        if step == steps:
+            break
+        z += lr * _update(z, means, layout, gens, n, noise_sd)
+    final = z.view(n_var, len(seeds), arms)[torch.argsort(layout.order)].transpose(0, 1)
+    return BanditRun(variants, list(seeds), pd.concat(records, ignore_index=True), final)
+
+
+def _checked(
+    variants: list[Variant],
+    seeds: list[int],
+    steps: int,
+    n: int,
+    lr: float,
+    record_every: int,
+    noise_sd: float,
+    means: Tensor | None,
+    logits0: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The arguments of :func:`train` checked (ValueError naming the first bad one), and the arm
+    means and initial logits as float64 vectors (the defaults where None)."""
     for name, value in (("steps", steps), ("n", n), ("record_every", record_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not validation.is_integer(value) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
@@ -172,57 +209,75 @@ def train(
     for v in variants:
         if v.k > n:
             raise ValueError(f"{v.label}: k = {v.k} exceeds the group size n = {n}")
+    return means, logits0
 
-    # Rows are variant-major (row = v * seeds + s) with the variants that share an objective
-    # configuration adjacent, so each weights call reads and writes one contiguous block.
-    configs = list(dict.fromkeys(v.config for v in variants))
-    order = sorted(range(len(variants)), key=lambda j: configs.index(variants[j].config))
-    ordered = [variants[j] for j in order]
-    order_t = torch.tensor(order)
-    n_seeds, n_var, arms = len(seeds), len(variants), len(means)
-    rows = n_var * n_seeds
-    z = logits0.expand(rows, arms).clone()
-    binary_row = torch.tensor([v.reward == "binary" for v in ordered]).repeat_interleave(n_seeds)
-    noisy_row = torch.tensor([v.reward == "noisy" for v in ordered]).repeat_interleave(n_seeds)
-    blocks = []  # (objective, k, first row, last row + 1)
-    for cfg in configs:
-        js = [j for j, v in enumerate(ordered) if v.config == cfg]
-        blocks.append(
-            (
-                objectives.get(cfg[0], **dict(cfg[2])),
-                cfg[1],
-                js[0] * n_seeds,
-                (js[-1] + 1) * n_seeds,
-            )
-        )
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    seed_col = np.tile(np.asarray(seeds), n_var)
-    label_col = np.repeat(np.asarray([v.label for v in ordered]), n_seeds)
-    records = []
-    for step in range(steps + 1):
-        if step % record_every == 0 or step == steps:
-            m = metrics(z, means, window)
-            records.append(
-                pd.DataFrame(
-                    {"step": step, "seed": seed_col, "variant": label_col}
-                    | {key: val.numpy() for key, val in m.items()}
+
+@dataclass(frozen=True)
+class _Layout:
+    """The rows of one batched run: variant-major (row = v * seeds + s), with the variants that
+    share an objective configuration adjacent, so each weights call reads and writes one
+    contiguous block (objective, k, first row, last row + 1)."""
+
+    ordered: list[Variant]
+    order: Tensor  # ordered[i] = variants[order[i]]
+    rows: int
+    binary_row: Tensor
+    noisy_row: Tensor
+    blocks: list[tuple[objectives.Objective, int, int, int]]
+
+    @classmethod
+    def of(cls, variants: list[Variant], n_seeds: int) -> _Layout:
+        configs = list(dict.fromkeys(v.config for v in variants))
+        order = sorted(range(len(variants)), key=lambda j: configs.index(variants[j].config))
+        ordered = [variants[j] for j in order]
+        blocks = []
+        for cfg in configs:
+            js = [j for j, v in enumerate(ordered) if v.config == cfg]
+            blocks.append(
+                (
+                    objectives.get(cfg[0], **dict(cfg[2])),
+                    cfg[1],
+                    js[0] * n_seeds,
+                    (js[-1] + 1) * n_seeds,
                 )
             )
-        if step == steps:
-            break
-        draws = [torch.rand(2, n_var, n, generator=g, dtype=torch.float64) for g in gens]
-        noise = [torch.randn(n_var, n, generator=g, dtype=torch.float64) for g in gens]
-        u = torch.stack(draws, 2)[:, order_t].reshape(2, rows, n)  # variant j gets draws [:, j]
-        eps = torch.stack(noise, 1)[order_t].reshape(rows, n)
-        pi = torch.softmax(z, -1)
-        arm = torch.searchsorted(torch.cumsum(pi, -1), u[0], right=True).clamp_max(arms - 1)
-        mu = means[arm]
-        rewards = torch.where(binary_row[:, None], (u[1] < mu).to(torch.float64), mu)
-        rewards = torch.where(noisy_row[:, None], mu + noise_sd * eps, rewards)
-        w = torch.cat([obj.weights(rewards[lo:hi], k) for obj, k, lo, hi in blocks])
-        z += lr * score_estimate(pi, arm, w)
-    final = z.view(n_var, n_seeds, arms)[torch.argsort(order_t)].transpose(0, 1)
-    return BanditRun(variants, list(seeds), pd.concat(records, ignore_index=True), final)
+        return cls(
+            ordered=ordered,
+            order=torch.tensor(order),
+            rows=len(variants) * n_seeds,
+            binary_row=torch.tensor([v.reward == "binary" for v in ordered]).repeat_interleave(
+                n_seeds
+            ),
+            noisy_row=torch.tensor([v.reward == "noisy" for v in ordered]).repeat_interleave(
+                n_seeds
+            ),
+            blocks=blocks,
+        )
+
+
+def _update(
+    z: Tensor,
+    means: Tensor,
+    layout: _Layout,
+    gens: list[torch.Generator],
+    n: int,
+    noise_sd: float,
+) -> Tensor:
+    """One step's gradient estimate for every row: n pulls per row from each seed's generator
+    (n uniforms per variant for the arms, n for the Bernoulli rewards, n normals for the noise),
+    the rewards, the objectives' weights block by block, and their score estimate."""
+    n_var, arms = len(layout.ordered), z.shape[1]
+    draws = [torch.rand(2, n_var, n, generator=g, dtype=torch.float64) for g in gens]
+    noise = [torch.randn(n_var, n, generator=g, dtype=torch.float64) for g in gens]
+    u = torch.stack(draws, 2)[:, layout.order].reshape(2, layout.rows, n)  # variant j: [:, j]
+    eps = torch.stack(noise, 1)[layout.order].reshape(layout.rows, n)
+    pi = torch.softmax(z, -1)
+    arm = torch.searchsorted(torch.cumsum(pi, -1), u[0], right=True).clamp_max(arms - 1)
+    mu = means[arm]
+    rewards = torch.where(layout.binary_row[:, None], (u[1] < mu).to(torch.float64), mu)
+    rewards = torch.where(layout.noisy_row[:, None], mu + noise_sd * eps, rewards)
+    w = torch.cat([obj.weights(rewards[lo:hi], k) for obj, k, lo, hi in layout.blocks])
+    return score_estimate(pi, arm, w)
 
 
 def expected_flow(
@@ -240,7 +295,7 @@ def expected_flow(
     Returns the history (step, flow, metrics) and the final logits of each flow."""
     from passk_companion.theory.maxk import grad_expected_reward, grad_max_at_k
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not validation.is_integer(steps) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")

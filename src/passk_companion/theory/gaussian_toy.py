@@ -27,7 +27,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
-from passk_companion import objectives
+from passk_companion import objectives, validation
 from passk_companion.theory.passk import check_k
 
 __all__ = [
@@ -135,7 +135,7 @@ def train(
 
     Returns (recorded steps (T,), theta (T, len(ks), len(seeds)))."""
     for name, value in (("steps", steps), ("n", n), ("record_every", record_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not validation.is_integer(value) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")

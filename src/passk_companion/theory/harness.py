@@ -40,7 +40,6 @@ from passk_companion.theory.sampling import gumbel_top_k, rewards_of, sample_iid
 
 __all__ = [
     "TARGETS",
-    "register_target",
     "score_estimate",
     "exact_mean_estimate",
     "HarnessReport",
@@ -82,11 +81,6 @@ TARGETS: dict[str, GradFn] = {
         "pass@k-swor", lambda logits, correct, k: autograd(pass_at_k_swor, logits, correct, k)
     ),
 }
-
-
-def register_target(name: str, grad_fn: GradFn) -> None:
-    """Make `unbiased_for = name` checkable: grad_fn(logits, correct, k) -> exact grad (P, m)."""
-    TARGETS[name] = grad_fn
 
 
 def score_estimate(pi: Tensor, answers: Tensor, w: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from passk_companion.evidence import matching
 from passk_companion.theory.dynamics import TabularRun
 
 __all__ = [
@@ -35,22 +36,15 @@ def per_prompt_at(run: TabularRun, levels: list[float], column: str) -> Tensor:
     """(L, P): for each level and prompt, `column` (a trace: "modes_eff", "rare_share", "J1")
     where that prompt's J_1 first reaches the level, linearly interpolated between recorded steps
     (the value at step 0 if it starts there); NaN where the prompt never reaches it. Tabular
-    prompts are independent, so this is the per-prompt notion of equal progress."""
-    j1 = run.traces["J1"]  # (T, P)
-    values = run.traces[column]
+    prompts are independent, so this is the per-prompt notion of equal progress (the crossing
+    and interpolation of passk_companion.evidence.matching, column by column)."""
+    j1 = run.traces["J1"].to(torch.float64).numpy()  # (T, P)
+    values = run.traces[column].to(torch.float64).numpy()
     out = torch.full((len(levels), j1.shape[1]), math.nan, dtype=torch.float64)
     for li, level in enumerate(levels):
-        crossed = j1 >= level
-        reached = crossed.any(0)
-        idx = crossed.to(torch.int64).argmax(0)  # first crossing (0 if none: masked below)
-        prev = (idx - 1).clamp_min(0)
-        cols = torch.arange(j1.shape[1])
-        x1, x0 = j1[idx, cols], j1[prev, cols]
-        y1, y0 = values[idx, cols], values[prev, cols]
-        span = x1 - x0
-        w = torch.where(span > 0, (level - x0) / torch.where(span > 0, span, 1.0), 1.0)
-        interp = torch.where(idx == 0, y1, y0 + w * (y1 - y0))
-        out[li] = torch.where(reached, interp.to(torch.float64), out[li])
+        i0, i1, w, reached = matching.crossings(j1, level)
+        interp = torch.from_numpy(matching.interpolate(values, i0, i1, w))
+        out[li] = torch.where(torch.from_numpy(reached), interp, out[li])
     return out
 
 

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from passk_companion.evidence import preregistration
-from passk_companion.model import analysis
+from passk_companion.evidence import analysis, preregistration
 
 ROOT = Path(__file__).resolve().parents[2]
 PREREG = ROOT / "params" / "preregistered" / "04.yaml"
@@ -161,3 +160,37 @@ def test_the_gradient_check_names_what_its_interval_is_over(draws, unit):
     decided = analysis.decide_grad_check(fits, pre)
     assert all(unit in d.method and d.seeds == 3 * draws for d in decided.values())
     assert decided["slope"].verdict == "holds"
+
+
+def test_the_column_crossing_is_the_one_series_rule():
+    """matching.crossings of a (T, P) table equals matching.crossing of each column, and
+    interpolate reads a series there (the one rule behind every equal-progress comparison)."""
+    from passk_companion.evidence import matching
+
+    x = np.array([[0.1, 0.5, 0.2, 0.0], [0.3, 0.6, 0.2, 0.1], [0.7, 0.9, 0.4, 0.2]])
+    y = np.arange(12.0).reshape(3, 4) ** 2
+    i0, i1, w, reached = matching.crossings(x, 0.4)
+    for j in range(x.shape[1]):
+        one = matching.crossing(x[:, j], 0.4)
+        assert (one is None) == (not reached[j])
+        if one is not None:
+            assert one == (i0[j], i1[j], pytest.approx(w[j]))
+    got = matching.interpolate(y, i0, i1, w)
+    assert got[1] == y[0, 1]  # starts above the level: its first record
+    assert got[0] == pytest.approx(y[1, 0] + 0.25 * (y[2, 0] - y[1, 0]))
+    assert got[2] == y[2, 2] and not reached[3]
+
+
+def test_the_margin_of_notebook_03_is_read_strictly(tmp_path):
+    got = preregistration.load_margin(
+        ROOT / "params" / "preregistered" / "03.yaml", "passk_keeps_modes_matched"
+    )
+    assert got.margin == 0.10 and got.confidence == 0.95
+    with pytest.raises(ValueError, match="margins has no entry 'other'"):
+        preregistration.load_margin(ROOT / "params" / "preregistered" / "03.yaml", "other")
+    bad = tmp_path / "m.yaml"
+    bad.write_text(
+        "version: 1\nrationale: r\nmargins:\n  c: {measure: m, margin: -1, confidence: 0.95}\n"
+    )
+    with pytest.raises(ValueError, match="c.margin must be > 0"):
+        preregistration.load_margin(bad, "c")
