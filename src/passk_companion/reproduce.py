@@ -16,6 +16,7 @@ they are validated here and never reach a shell.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import subprocess
@@ -28,10 +29,23 @@ from pathlib import Path
 import yaml
 
 from passk_companion import profiles
-from passk_companion.files import remove_stale_temporaries, temporary, writable_dir
+from passk_companion.files import (
+    open_regular,
+    remove_stale_temporaries,
+    temporary,
+    writable_dir,
+)
 from passk_companion.repro import notebooks_dir
 
-__all__ = ["select", "reproduce", "execute", "store_evidence"]
+__all__ = [
+    "select",
+    "reproduce",
+    "execute",
+    "store_evidence",
+    "check_store_destination",
+    "is_evidence_folder",
+    "EVIDENCE_MARKER",
+]
 
 KERNEL = "passk_companion"
 STRIP_KEYS = "metadata.papermill cell.metadata.papermill cell.metadata.execution"
@@ -141,6 +155,8 @@ def reproduce(
     notebooks = select(prefixes)
     if store is not None and len(notebooks) != 1:
         raise ValueError("--store keeps the evidence of one notebook: name one with --nb")
+    if store is not None:
+        destination = check_store_destination(store)  # before the notebook runs, not after
     root = notebooks[0].parent.parent
     results = writable_dir(results, "RESULTS").absolute()
     # only the folders this command and the notebooks write (atomically) into, not below them
@@ -165,7 +181,7 @@ def reproduce(
             f"python -m passk_companion reproduce --profile {profile} --nb {prefixes} "
             f"--store {store}"
         )
-        store_evidence(results, Path(store), notebooks[0], command, time.perf_counter() - started)
+        store_evidence(results, destination, notebooks[0], command, time.perf_counter() - started)
     return build(results)
 
 
@@ -185,31 +201,137 @@ def _commit(root: Path) -> str:
     return head + (" + local changes" if dirty else "")
 
 
+EVIDENCE_MARKER = ".passk_companion-evidence"  # the file that makes a folder one of ours
+MARKER_TEXT = "passk_companion evidence folder: `reproduce --store` may replace it as a whole\n"
+MAX_EVIDENCE_FILE_BYTES = 256 * 1024**2  # one stored file (a notebook, a table, a figure)
+_BACKUP = ".passk_companion.old"  # .<dest>.<pid>.<8 random>.passk_companion.old: the old evidence
+_STAGING = ".passk_companion.new"  # ... .passk_companion.new: the new evidence being copied
+
+
+def is_evidence_folder(folder: Path) -> bool:
+    """True when `folder` is a real folder (not a symbolic link) that holds our evidence marker
+    file as a regular file with the marker's text."""
+    marker = Path(folder) / EVIDENCE_MARKER
+    if Path(folder).is_symlink() or not Path(folder).is_dir() or marker.is_symlink():
+        return False
+    try:
+        return marker.is_file() and marker.read_text(encoding="utf-8") == MARKER_TEXT
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _leftovers(dest: Path, suffix: str) -> list[Path]:
+    if not dest.parent.is_dir():
+        return []
+    return sorted(dest.parent.glob(f".{glob.escape(dest.name)}.*{suffix}"))
+
+
+def check_store_destination(dest: str | os.PathLike) -> Path:
+    """`dest` (absolute) if `reproduce --store` may write there; ValueError in one line otherwise.
+
+    Allowed: a folder that does not exist yet (its parents are created), an empty folder, or one
+    of our own evidence folders (it holds :data:`EVIDENCE_MARKER`, whatever its name). Refused:
+    anything else that exists (a folder of other files, `.`, a results folder, a file), a symbolic
+    link, a path through a file, the system and home folders, a folder that cannot be written, and
+    a destination whose previous replacement was interrupted (its old evidence is still kept
+    beside it and must be moved back or deleted first)."""
+    if dest is None or str(dest).strip() == "":
+        raise ValueError("--store must name a folder, got an empty string")
+    dest = Path(dest).absolute()
+    for backup in _leftovers(dest, _BACKUP):
+        raise ValueError(
+            f"--store {dest}: {backup} holds the evidence an interrupted store was replacing; "
+            f"move it back to {dest.name} (or delete it) first"
+        )
+    if dest.is_symlink():
+        raise ValueError(f"--store {dest} is a symbolic link: name the folder itself")
+    for parent in dest.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ValueError(f"--store {dest}: {parent} exists and is not a folder")
+            break
+    if dest.exists():
+        if not dest.is_dir():
+            raise ValueError(f"--store {dest} exists and is not a folder")
+        if any(dest.iterdir()) and not is_evidence_folder(dest):
+            raise ValueError(
+                f"--store {dest} exists and is not an evidence folder written by --store (no "
+                f"{EVIDENCE_MARKER} in it): name a new folder"
+            )
+    parent = dest.parent
+    while not parent.exists():
+        parent = parent.parent
+    writable_dir(parent, "--store", create=False)  # system and home folders, read-only parents
+    return dest
+
+
+def _copy_regular(src: Path, out) -> None:
+    """Copy the regular file `src` (not through a symbolic link) into the open binary file `out`,
+    at most :data:`MAX_EVIDENCE_FILE_BYTES`: ValueError naming it otherwise."""
+    limit = MAX_EVIDENCE_FILE_BYTES
+    with open_regular(src, "evidence file", follow=False) as f:
+        copied = 0
+        while chunk := f.read(1 << 20):
+            copied += len(chunk)
+            if copied > limit:
+                raise ValueError(f"evidence file {src} is larger than {limit} bytes: not stored")
+            out.write(chunk)
+
+
+def _stored_files(folder: Path, pattern: str, skipped: list[str]) -> list[Path]:
+    """The regular files of `folder` matching `pattern`; symbolic links and other special files
+    are left out and named in `skipped`."""
+    keep = []
+    for path in sorted(folder.glob(pattern)):
+        if path.is_symlink() or not path.is_file():
+            skipped.append(f"{path.parent.name}/{path.name}")
+        else:
+            keep.append(path)
+    return keep
+
+
 def store_evidence(results: Path, dest: Path, notebook: Path, command: str, wall_s: float) -> Path:
     """Keep a finished run of `notebook` in `dest` (evidence of a deciding run, committed with
     the repository): the executed notebook, its claims file, its tables (gzip-compressed CSV),
-    its figures, and RUN.md with the command, the commit, the wall time and the machine. Files
-    are written atomically; `dest` is replaced as a whole only once everything is copied."""
+    its figures, RUN.md with the command, the commit, the wall time and the machine, and the
+    marker file :data:`EVIDENCE_MARKER`. `dest` must pass :func:`check_store_destination`.
+
+    Only regular files are copied (symbolic links and special files in results/tables and
+    results/figures are left out, and RUN.md names them), each at most
+    :data:`MAX_EVIDENCE_FILE_BYTES`. Everything is copied into a staging folder beside `dest`;
+    an existing `dest` is then renamed aside, the staging folder renamed into place, and only
+    then is the old folder deleted. An interruption at any point leaves either the old evidence
+    or the new one at `dest`; a kill between the two renames leaves the old one beside it, named
+    ``.<dest>.<pid>.<random>.passk_companion.old``, and the next store refuses to run until it is
+    moved back."""
     import gzip
     import platform
     import shutil
 
     stem = notebook.stem
     prefix = stem.split("_")[0]
-    dest = Path(dest).absolute()
-    dest.parent.mkdir(parents=True, exist_ok=True)  # staging beside dest: one rename at the end
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.{os.getpid()}."))
+    dest = check_store_destination(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)  # staging beside dest: renames at the end
+    name = f".{dest.name}.{os.getpid()}."
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=name, suffix=_STAGING))
+    backup = None
     try:
-        shutil.copyfile(results / "notebooks" / notebook.name, staging / notebook.name)
-        shutil.copyfile(results / "claims" / f"{stem}.csv", staging / "claims.csv")
+        with (staging / notebook.name).open("wb") as out:
+            _copy_regular(results / "notebooks" / notebook.name, out)
+        with (staging / "claims.csv").open("wb") as out:
+            _copy_regular(results / "claims" / f"{stem}.csv", out)
+        skipped: list[str] = []
         (staging / "tables").mkdir()
-        for table in sorted((results / "tables").glob(f"{prefix}_*.csv")):
-            with table.open("rb") as src, (staging / "tables" / f"{table.name}.gz").open("wb") as f:
+        for table in _stored_files(results / "tables", f"{prefix}_*.csv", skipped):
+            with (staging / "tables" / f"{table.name}.gz").open("wb") as f:
                 with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as out:  # reproducible bytes
-                    shutil.copyfileobj(src, out)
+                    _copy_regular(table, out)
         (staging / "figures").mkdir()
-        for figure in sorted((results / "figures").glob(f"{prefix}_*.png")):
-            shutil.copyfile(figure, staging / "figures" / figure.name)
+        for figure in _stored_files(results / "figures", f"{prefix}_*.png", skipped):
+            with (staging / "figures" / figure.name).open("wb") as out:
+                _copy_regular(figure, out)
+        for item in skipped:
+            print(f"warning: {item} is not a regular file: not stored", file=sys.stderr)
         cpu = next(
             (
                 line.split(":", 1)[1].strip()
@@ -225,15 +347,26 @@ def store_evidence(results: Path, dest: Path, notebook: Path, command: str, wall
             f"- wall time: {wall_s / 60:.1f} min\n"
             f"- machine: {os.cpu_count()} CPU cores ({cpu}), {platform.platform()}\n"
             f"- files: the executed notebook, claims.csv (its verdicts), tables/ (what they were "
-            f"decided from), figures/\n",
+            f"decided from), figures/\n"
+            + (f"- not stored (not regular files): {', '.join(skipped)}\n" if skipped else ""),
             encoding="utf-8",
         )
+        (staging / EVIDENCE_MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+        check_store_destination(dest)  # unchanged while the files were copied
         if dest.exists():
-            shutil.rmtree(dest)
+            backup = Path(tempfile.mkdtemp(dir=dest.parent, prefix=name, suffix=_BACKUP))
+            os.replace(dest, backup)  # replaces the empty placeholder folder
         os.replace(staging, dest)
     except BaseException:
+        if backup is not None and backup.exists() and not dest.exists():
+            os.replace(backup, dest)  # the old evidence goes back where it was
+            backup = None
         shutil.rmtree(staging, ignore_errors=True)
+        if backup is not None and not any(backup.iterdir()):
+            backup.rmdir()
         raise
+    if backup is not None:
+        shutil.rmtree(backup)
     return dest
 
 

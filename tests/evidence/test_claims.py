@@ -181,6 +181,27 @@ def test_compare_claims_command_fails_on_a_difference(tmp_path, capsys):
     assert cli.main(["compare-claims", str(tmp_path / "a"), str(tmp_path / "none")]) == 2
 
 
+@pytest.mark.parametrize("second_file", [False, True])
+def test_compare_claims_fails_on_a_claim_held_twice_with_contradictory_verdicts(
+    tmp_path, capsys, second_file
+):
+    from passk_companion import cli
+
+    header = ",".join(claims.COLUMNS)
+    holds, fails = "x,c,p,01_n,identity,m,holds,0,,,,", "x,c,p,01_n,identity,m,fails,0,,,,"
+    for side in ("A", "B"):
+        (tmp_path / side / "claims").mkdir(parents=True)
+    first = tmp_path / "A" / "claims"
+    if second_file:
+        (first / "01_n.csv").write_text(f"{header}\n{holds}\n")
+        (first / "01_n_old.csv").write_text(f"{header}\n{fails}\n")
+    else:
+        (first / "01_n.csv").write_text(f"{header}\n{holds}\n{fails}\n")
+    (tmp_path / "B" / "claims" / "01_n.csv").write_text(f"{header}\n{fails}\n")
+    assert cli.main(["compare-claims", str(tmp_path / "A"), str(tmp_path / "B")]) == 1
+    assert "01_n/x: held 2 times in the first run" in capsys.readouterr().out
+
+
 def test_record_in_a_kernel_names_the_cell_that_recorded(tmp_path):
     import nbformat
     import papermill as pm

@@ -31,6 +31,7 @@ import dataclasses
 import io
 import re
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -205,10 +206,19 @@ def record(claims: list[Claim], results: Path | None = None) -> list[Path]:
 def differences(a: list[Claim], b: list[Claim]) -> list[str]:
     """What differs between two sets of claims (two runs of the same notebooks), one line per
     claim: a claim on one side only, or a column that differs (verdict first). Empty when the
-    two are the same; `python -m passk_companion compare-claims A B` fails on any line."""
+    two are the same; `python -m passk_companion compare-claims A B` fails on any line. A claim
+    that one side holds more than once (in one file or two) is a difference of its own: its
+    copies may disagree, and no copy is taken to stand for the others."""
+    lines = []
+    for side, rows in (("first", a), ("second", b)):
+        counts = Counter((c.notebook, c.id) for c in rows)
+        lines += [
+            f"{'/'.join(key)}: held {count} times in the {side} run"
+            for key, count in sorted(counts.items())
+            if count > 1
+        ]
     left = {(c.notebook, c.id): c for c in a}
     right = {(c.notebook, c.id): c for c in b}
-    lines = []
     for key in sorted(set(left) | set(right)):
         name = "/".join(key)
         if key not in right or key not in left:
