@@ -19,6 +19,7 @@ the stored tables of the deciding run and checks it gives the stored verdicts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -171,10 +172,11 @@ def _groups(pairs: pd.DataFrame) -> list[list[np.ndarray]]:
     return groups
 
 
-def _undecided(statistic: str, units: int) -> vd.Decision:
+def _undecided(statistic: str, graphs: int) -> vd.Decision:
+    """A row not tested; its n is the arm's number of graphs (the independent units)."""
     nan = math.nan
     return vd.Decision("inconclusive", "empirical", statistic, nan, nan, nan, 0.0, "greater",
-                       max(units, vd.MIN_SEEDS), "the pre-registered rule")  # fmt: skip
+                       graphs, "the pre-registered rule")  # fmt: skip
 
 
 def decide(matched: pd.DataFrame, prereg: Preregistration) -> dict[str, vd.Decision]:
@@ -192,12 +194,13 @@ def decide(matched: pd.DataFrame, prereg: Preregistration) -> dict[str, vd.Decis
             f"{row.arm} minus {ref}"
         )
         n_prompts = pairs.drop_duplicates(["graph", "prompt"]).shape[0]
+        graphs = int(matched[matched.variant == row.arm].graph.nunique())
         if units == 0 or runs < prereg.reach_fraction * units:
-            out[row.id] = _undecided(f"{what}: {runs} of {units} paired runs reach it", units)
+            out[row.id] = _undecided(f"{what}: {runs} of {units} paired runs reach it", graphs)
             continue
         if row.measure == "hard_j1_gain" and n_prompts < prereg.min_hard_prompts:
             out[row.id] = _undecided(
-                f"{what}: {n_prompts} hard prompts, fewer than {prereg.min_hard_prompts}", units
+                f"{what}: {n_prompts} hard prompts, fewer than {prereg.min_hard_prompts}", graphs
             )
             continue
         groups = _groups(pairs)
@@ -212,7 +215,7 @@ def decide(matched: pd.DataFrame, prereg: Preregistration) -> dict[str, vd.Decis
                 draws=draws,
                 claim=row.claim,
                 margin=prereg.equivalence_margin if row.claim == "equivalent" else None,
-                seeds=runs,
+                seeds=len(groups),  # n: the independent top-level units, the graphs
                 method=(
                     f"nested bootstrap over {len(groups)} graphs, {n_bases} bases, {runs} runs, "
                     f"{n_prompts} prompts"
@@ -241,13 +244,14 @@ def log_ratio_fit(ratio: np.ndarray, alpha: np.ndarray) -> tuple[float, float]:
 def decide_grad_check(fits: pd.DataFrame, prereg: Preregistration) -> dict[str, vd.Decision]:
     """Slope 1 and intercept 0 of the per-base fits (columns slope, intercept), each an
     equivalence within its pre-registered margin: two one-sided tests at grad_check.alpha, a
-    (1 - 2 alpha) Student-t interval over the bases."""
+    (1 - 2 alpha) Student-t interval over the bases. A Monte Carlo check of an identity
+    (Theorem 3.1 at fixed parameters), so its kind is numerical."""
     g = prereg.grad_check
     conf = 1 - 2 * g.alpha
     k = g.k
     bases = len(fits[["graph", "base"]].drop_duplicates()) if "graph" in fits else len(fits)
     unit = "bases" if bases == len(fits) else f"{len(fits)} draws of {bases} bases"
-    return {
+    decided = {
         "slope": vd.equivalence(
             fits.slope.to_numpy(), target=1.0, margin=g.margin_slope, confidence=conf,
             statistic=f"slope of log(|mean grad pkpo_loo| / |mean grad RLOO|) on log alpha_{k}",
@@ -257,4 +261,12 @@ def decide_grad_check(fits: pd.DataFrame, prereg: Preregistration) -> dict[str, 
             fits.intercept.to_numpy(), target=0.0, margin=g.margin_intercept, confidence=conf,
             statistic=f"intercept of that line (log ratio where alpha_{k} = 1)", unit=unit,
         ),
+    }  # fmt: skip
+    return {
+        name: dataclasses.replace(
+            d, kind="numerical",
+            method=f"{d.method}; {d.estimate:.4g}, {round(100 * conf)}% CI "
+            f"[{d.low:.4g}, {d.high:.4g}]",
+        )
+        for name, d in decided.items()
     }  # fmt: skip
