@@ -149,3 +149,10 @@ def test_a_stored_file_is_bounded(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="larger than 4 bytes"):
         reproduce.store_evidence(results, tmp_path / "ev", notebook, "cmd", 1.0)
     assert not (tmp_path / "ev").exists()
+
+
+def test_a_parameter_file_with_a_key_given_twice_is_refused(tmp_path):
+    (tmp_path / "params" / "ci").mkdir(parents=True)
+    (tmp_path / "params" / "ci" / "04_nb.yaml").write_text("n: 4\nseeds: [0]\nn: 8\n")
+    with pytest.raises(ValueError, match="duplicate key 'n' at line 3"):
+        reproduce._params("ci", tmp_path / "notebooks" / "04_nb.ipynb", tmp_path)

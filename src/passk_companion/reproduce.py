@@ -26,10 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from passk_companion import profiles
 from passk_companion.files import (
+    load_yaml_strict,
     open_regular,
     remove_stale_temporaries,
     temporary,
@@ -127,7 +126,7 @@ def _params(profile: str, nb: Path, root: Path, resume: bool = False) -> dict:
     """The parameters papermill injects: params/<profile>/<stem>.yaml, and with `resume`
     RESUME_PARAMETER = True where the notebook has it (its finished sweep trials are kept)."""
     path = root / "params" / profile / f"{nb.stem}.yaml"
-    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    data = load_yaml_strict(path, "parameter file") if path.is_file() else {}
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of parameter names to values")
