@@ -98,6 +98,9 @@ def _run_atomic(
     fd, tmp = temporary(final, suffix=".ipynb")
     os.close(fd)
     os.environ["PASSK_COMPANION_RESULTS"] = str(results)
+    # the kernel draws inline whatever the caller's MPLBACKEND is (Agg, exported on many headless
+    # servers, would make plt.show() display nothing and change the stored outputs)
+    backend = os.environ.pop("MPLBACKEND", None)
     try:
         pm.execute_notebook(
             str(nb),
@@ -117,6 +120,9 @@ def _run_atomic(
             print(f"   failed notebook kept as {failed_dir / final.name}", file=sys.stderr)
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
 
 
 RESUME_PARAMETER = "reuse_runs"  # a notebook with this parameter keeps finished trials if True
