@@ -20,6 +20,9 @@ export MKL_NUM_THREADS=1
 export OPENBLAS_NUM_THREADS=1
 export PYTHONHASHSEED=0
 export TQDM_DISABLE=1
+# Kernels draw inline whatever the caller's shell exports (MPLBACKEND=Agg on many headless servers
+# would make plt.show() display nothing): the same outputs for everyone. `unit` sets Agg itself.
+unexport MPLBACKEND
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 NBVAL     := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg

@@ -20,3 +20,17 @@ def test_requirements_are_exact_pins():
     ]
     assert "torch==2.13.0" in lines
     assert all("==" in ln for ln in lines), [ln for ln in lines if "==" not in ln]
+
+
+def test_make_recipes_never_see_the_callers_mplbackend():
+    import os
+    import subprocess
+
+    probe = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "--eval", 'probe: ; @echo "[$$MPLBACKEND]"', "probe"],
+        env={**os.environ, "MPLBACKEND": "Agg"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip() == "[]"

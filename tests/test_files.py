@@ -1,5 +1,6 @@
-"""Paths (passk_companion.files): stale temporaries are only ours and only where we write, output
-folders are never system folders, and what is expected to be a file must be a regular file."""
+"""passk_companion.files: stale temporaries are only ours and only where we write, output folders
+are never system folders, what is expected to be a file must be a regular file, and YAML is read
+strictly (a key given twice, an alias or deep nesting is one line)."""
 
 import os
 import subprocess
@@ -90,3 +91,35 @@ def test_own_folders_refuse_links_and_odd_names(tmp_path):
             files.own_folder(tmp_path / "out", name, "trial folder")
     assert files.own_folder(tmp_path / "out", "ok", "trial folder").is_dir()
     assert not list((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: 1\nb: 2\na: 3\n", "duplicate key 'a' at line 3 (first given at line 1)"),
+        ("x: {a: 1, a: 2}\n", "duplicate key 'a' at line 1"),
+        ("a:\n  c: 1\n  c: 2\n", "duplicate key 'c' at line 3"),
+        ("a: &x 1\nb: *x\n", "aliases (*name) are not allowed"),
+        ("[" * 5000 + "]" * 5000, "nested deeper than 64 levels"),
+        ("a: [1\n", "cannot read"),
+    ],
+)
+def test_load_yaml_strict_refuses_in_one_line(tmp_path, text, message):
+    from passk_companion.files import load_yaml_strict
+
+    path = tmp_path / "f.yaml"
+    path.write_text(text)
+    for source in (text, path):
+        with pytest.raises(ValueError) as err:
+            load_yaml_strict(source, "parameter file")
+        assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_load_yaml_strict_reads_what_safe_load_reads(tmp_path):
+    from passk_companion.files import load_yaml_strict
+
+    text = "a: [1, 2.5, x]\nb: {c: null, d: true}\n"
+    assert load_yaml_strict(text) == {"a": [1, 2.5, "x"], "b": {"c": None, "d": True}}
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_yaml_strict(Path("/dev/zero"))

@@ -149,3 +149,29 @@ def test_a_stored_file_is_bounded(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="larger than 4 bytes"):
         reproduce.store_evidence(results, tmp_path / "ev", notebook, "cmd", 1.0)
     assert not (tmp_path / "ev").exists()
+
+
+def test_a_parameter_file_with_a_key_given_twice_is_refused(tmp_path):
+    (tmp_path / "params" / "ci").mkdir(parents=True)
+    (tmp_path / "params" / "ci" / "04_nb.yaml").write_text("n: 4\nseeds: [0]\nn: 8\n")
+    with pytest.raises(ValueError, match="duplicate key 'n' at line 3"):
+        reproduce._params("ci", tmp_path / "notebooks" / "04_nb.ipynb", tmp_path)
+
+
+def test_the_kernel_draws_inline_whatever_the_callers_mplbackend(tmp_path, monkeypatch):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import matplotlib, os\nprint(os.environ.get('MPLBACKEND'), matplotlib.get_backend())"
+        )
+    ]
+    source = tmp_path / "01_nb.ipynb"
+    nbformat.write(nb, source)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    final = tmp_path / "out" / "01_nb.ipynb"
+    reproduce._run_atomic(source, final, {}, tmp_path / "results", None)
+    printed = nbformat.read(final, as_version=4).cells[0].outputs[0]["text"]
+    assert "backend_inline" in printed and "agg" not in printed.lower()
+    assert os.environ["MPLBACKEND"] == "Agg"  # the caller's environment is given back

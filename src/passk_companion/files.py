@@ -17,6 +17,8 @@
   names inside one (a trial folder, ``bases/``), refused if it is a symbolic link.
 * :func:`regular_file` and :func:`read_regular` refuse what is not a regular file where a file is
   expected (a FIFO, which would block, or ``/dev/zero``, which never ends), and bound what is read.
+* :func:`load_yaml_strict` is the one way a YAML file is read: the safe loader, refusing a key
+  given twice in one mapping, aliases, and nesting deeper than a bound, each in one line.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import yaml
 
 from passk_companion.processes import alive
 
@@ -48,6 +52,7 @@ __all__ = [
     "open_regular",
     "read_regular",
     "temporary",
+    "load_yaml_strict",
 ]
 
 TEMP_SUFFIX = ".passk_companion.tmp"
@@ -325,3 +330,94 @@ def read_regular(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise ValueError(f"{what} {path} is larger than {max_bytes} bytes: refusing to read it")
     return data
+
+
+MAX_YAML_BYTES = 1_000_000  # a parameter file or a pre-registration is a few kilobytes
+MAX_YAML_DEPTH = 64  # nested mappings and lists; deeper input is refused before recursion runs out
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping, aliases (``*name``) and
+    nesting deeper than MAX_YAML_DEPTH."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102
+        if self.check_event(yaml.events.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed", self.peek_event().start_mark
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )  # fmt: skip
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node: Any) -> Any:  # noqa: D102
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value)} characters is too long",
+                node.start_mark,
+            ) from None  # fmt: skip
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:  # noqa: D102
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None,
+                            f"duplicate key {key!r} at line {line} (first given at line "
+                            f"{seen[key]})", key_node.start_mark,
+                        )  # fmt: skip
+                    seen[key] = line
+                except TypeError:  # an unhashable key: construct_mapping names it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def load_yaml_strict(
+    path_or_text: str | os.PathLike, what: str = "YAML file", max_bytes: int = MAX_YAML_BYTES
+) -> Any:
+    """The object a YAML document holds, read with the safe loader and strictly: a key given
+    twice in one mapping, an alias, or nesting deeper than MAX_YAML_DEPTH is a ValueError of one
+    line naming the source, the key and the line.
+
+    A path (os.PathLike) is read as a regular file of at most `max_bytes` (:func:`read_regular`:
+    a FIFO or ``/dev/zero`` is refused), as UTF-8; a str is the YAML text itself. `what` names the
+    source in the errors ("pre-registration", "parameter file")."""
+    if isinstance(path_or_text, str):
+        source, text = what, path_or_text
+    else:
+        source = f"{what} {os.fspath(path_or_text)}"
+        raw = read_regular(path_or_text, what, max_bytes)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"cannot read {source}: not UTF-8 ({err.reason})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        if "duplicate key" in str(problem):
+            where = ""
+        raise ValueError(f"cannot read {source}: {' '.join(str(problem).split())}{where}") from None
+    except RecursionError:
+        raise ValueError(f"cannot read {source}: nested too deeply") from None

@@ -26,10 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from passk_companion import profiles
 from passk_companion.files import (
+    load_yaml_strict,
     open_regular,
     remove_stale_temporaries,
     temporary,
@@ -99,6 +98,9 @@ def _run_atomic(
     fd, tmp = temporary(final, suffix=".ipynb")
     os.close(fd)
     os.environ["PASSK_COMPANION_RESULTS"] = str(results)
+    # the kernel draws inline whatever the caller's MPLBACKEND is (Agg, exported on many headless
+    # servers, would make plt.show() display nothing and change the stored outputs)
+    backend = os.environ.pop("MPLBACKEND", None)
     try:
         pm.execute_notebook(
             str(nb),
@@ -118,6 +120,9 @@ def _run_atomic(
             print(f"   failed notebook kept as {failed_dir / final.name}", file=sys.stderr)
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
 
 
 RESUME_PARAMETER = "reuse_runs"  # a notebook with this parameter keeps finished trials if True
@@ -127,7 +132,7 @@ def _params(profile: str, nb: Path, root: Path, resume: bool = False) -> dict:
     """The parameters papermill injects: params/<profile>/<stem>.yaml, and with `resume`
     RESUME_PARAMETER = True where the notebook has it (its finished sweep trials are kept)."""
     path = root / "params" / profile / f"{nb.stem}.yaml"
-    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    data = load_yaml_strict(path, "parameter file") if path.is_file() else {}
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of parameter names to values")

@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["number", "integer", "flag", "choice", "string", "is_number", "is_integer"]
+__all__ = ["number", "integer", "flag", "choice", "string", "is_number", "is_integer", "shown"]
 
 
 def is_integer(value: object) -> bool:
@@ -25,6 +25,15 @@ def is_integer(value: object) -> bool:
 def is_number(value: object) -> bool:
     """An int or float that is not a bool."""
     return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def shown(value: object) -> str:
+    """`value` as an error message shows it: repr, except that an integer of more than 30 digits
+    is described by its length (Python refuses to print one of more than 4300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def number(
@@ -38,14 +47,19 @@ def number(
 ) -> float:
     """A finite number in [low, high] (open ends with low_open / high_open), as a float."""
     if not is_number(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    x = float(value)
+        raise ValueError(f"{name} must be a number, got {shown(value)}")
+    try:
+        x = float(value)
+    except OverflowError:  # an integer beyond the float range
+        x = math.inf
     if not math.isfinite(x):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ValueError(f"{name} must be finite, got {shown(value)}")
     if low is not None and (x <= low if low_open else x < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {shown(value)}")
     if high is not None and (x >= high if high_open else x > high):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
+        raise ValueError(
+            f"{name} must be {'<' if high_open else '<='} {high:g}, got {shown(value)}"
+        )
     return x
 
 
@@ -54,18 +68,18 @@ def integer(
 ) -> int:
     """An integer (not a bool) in [minimum, maximum]."""
     if not is_integer(value):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {shown(value)}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum}, got {shown(value)}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+        raise ValueError(f"{name} must be <= {maximum}, got {shown(value)}")
     return int(value)
 
 
 def flag(value: object, name: str) -> bool:
     """True or False (not 0 / 1, not a string)."""
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+        raise ValueError(f"{name} must be True or False, got {shown(value)}")
     return value
 
 
@@ -76,7 +90,7 @@ def choice(value: Any, name: str, choices: Sequence[object]) -> Any:
     except TypeError:  # an unhashable value against a set or dict
         ok = False
     if not ok:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise ValueError(f"{name} must be one of {list(choices)}, got {shown(value)}")
     return value
 
 
@@ -85,7 +99,7 @@ def string(value: object, name: str, *, allow_empty: bool = True, max_length: in
     allow_empty."""
     if not isinstance(value, str) or (not allow_empty and not value):
         raise ValueError(
-            f"{name} must be a {'' if allow_empty else 'non-empty '}string, got {value!r}"
+            f"{name} must be a {'' if allow_empty else 'non-empty '}string, got {shown(value)}"
         )
     if len(value) > max_length:
         raise ValueError(f"{name} must be at most {max_length} characters, got {len(value)}")

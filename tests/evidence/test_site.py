@@ -314,6 +314,40 @@ def hostile(tmp_path_factory):
     return build_site(results).parent, name
 
 
+PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a5f7a3"
+        "bf0000000049454e44ae426082"
+    )
+).decode()
+CRAFTED_METADATA = (
+    {"image/png": {"width": "1 src=x onerror=document.title=/pwned/.source"}},
+    {"image/png": {"height": "1 onerror=document.title=/pwned/.source", "width": 7}},
+    {"filenames": {"image/png": "http://evil.example/beacon.png"}},
+    {"filenames": {"image/png": "../../../../etc/hostname"}},
+    {"needs_background": 'light" onerror="document.title=/pwned/.source'},
+)
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory):
+    """A notebook whose image outputs carry crafted metadata (sizes and file names)."""
+    results = tmp_path_factory.mktemp("crafted")
+    (results / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("show()", execution_count=1)
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data", data={"image/png": PNG, "text/plain": "x"}, metadata=metadata
+        )
+        for metadata in CRAFTED_METADATA
+    ]
+    nb.cells = [cell]
+    nbformat.write(nb, results / "notebooks" / "01_x.ipynb")
+    return build_site(results).parent / "01_x.html"
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     exe, why = find_browser()
@@ -394,6 +428,16 @@ def test_hostile_names_and_claim_text_are_escaped(hostile):
     assert active_content(page) == [] and "&lt;img src=x" in page  # the name, as text
 
 
+def test_crafted_output_metadata_adds_no_attribute_and_no_source(crafted):
+    page = crafted.read_text()
+    images = re.findall(r"<img[^>]*>", page)
+    assert len(images) == len(CRAFTED_METADATA)
+    for img in images:
+        assert "onerror" not in img and "evil.example" not in img and "hostname" not in img, img
+        assert re.search(r'src="data:image/png;base64,', img), img
+    assert 'width="7"' in page or "width=7" in page  # a numeric size is kept
+
+
 def test_site_needs_executed_notebooks(tmp_path):
     with pytest.raises(ValueError, match="no executed notebooks"):
         build_site(tmp_path)
@@ -462,6 +506,13 @@ def test_the_page_checks_can_fail(browser, tmp_path):
     assert any("http://example.com/a.png" in p for p in problems), problems
     assert any(p.startswith("broken image data:image/png") for p in problems), problems
     assert "TOC link #nowhere has no target" in problems
+
+
+def test_crafted_output_metadata_runs_no_script_and_requests_nothing(crafted, browser):
+    facts, requests = browser.visit(crafted.as_uri(), PAGE_FACTS)
+    assert facts["title"] != "pwned" and facts["onerror"] == 0 and facts["scripts"] == 0
+    assert facts["images"] == len(CRAFTED_METADATA) and not facts["broken"]
+    assert not remote(requests) and not [u for u in requests if "hostname" in u], requests
 
 
 def test_hostile_pages_render_inert(hostile, browser):

@@ -10,14 +10,12 @@ unknown, missing or mistyped key, naming it; the decisions
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from passk_companion import validation as check
+from passk_companion.files import load_yaml_strict
 
 __all__ = [
     "Row",
@@ -143,20 +141,19 @@ _TOP = {
 }  # fmt: skip
 
 
-def _read(path: Path) -> Any:
+def _read(path: Path, what: str = "pre-registration") -> Any:
+    """The YAML of a decision-rule file, read strictly (:func:`load_yaml_strict`)."""
     if not path.is_file():
-        raise ValueError(f"no pre-registration file at {path}")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
+        raise ValueError(f"no {what} file at {path}")
+    return load_yaml_strict(path, what)
 
 
 def load(path: str | Path) -> Preregistration:
-    """Read and validate a pre-registration file (YAML, safe loader); ValueError naming the file
-    and the key when it is not a valid one."""
+    """Read and validate a pre-registration file (:func:`passk_companion.files.load_yaml_strict`:
+    a key given twice is refused); ValueError naming the file and the key when it is not a valid
+    one."""
     path = Path(path)
-    data = _read(path)
+    data = _read(path)  # one line: duplicate keys, bad YAML
     try:
         return _parse(data, str(path))
     except ValueError as err:
@@ -180,7 +177,7 @@ def load_margin(path: str | Path, claim: str) -> Margin:
     version, then `margins`, a mapping of claim ids to {measure, margin, confidence}, and a
     `rationale`); ValueError naming the file and the key when it is not a valid one."""
     path = Path(path)
-    data = _read(path)
+    data = _read(path, "margins")
     try:
         d = _keys(data, "the file", {"version", "margins", "rationale"})
         check.integer(d["version"], "version", minimum=1, maximum=1)
@@ -201,99 +198,146 @@ def load_margin(path: str | Path, claim: str) -> Margin:
         raise ValueError(f"{path}: {err}") from None
 
 
-def _parse(data: Any, source: str) -> Preregistration:
-    d = _keys(data, "the file", _TOP)
-    check.integer(d["version"], "version", minimum=1, maximum=1)
+# upper bounds: a value beyond them decides nothing (every equivalence row would hold, every
+# pair would be dropped), so it is refused instead of being read
+MAX_MARGIN = 1.0  # equivalence_margin and the gradient check's margins
+MAX_KL_TRAINED = 1.0  # nats: a run whose KL to its base stays below this has not moved
+MAX_SEED = 2**32 - 1
+MAX_HARD_PROMPTS = 1_000_000
+MAX_ROWS = 1_000
+
+
+def _measures(d: dict) -> tuple[str, tuple[str, ...]]:
+    """The primary measure (a decided one) and the secondary columns shown beside it."""
     primary = check.choice(d["primary_measure"], "primary_measure", MEASURES)
     secondary = d["secondary_measures"]
-    if not isinstance(secondary, list) or not all(isinstance(s, str) for s in secondary):
+    if not isinstance(secondary, list) or not all(isinstance(s, str) and s for s in secondary):
         raise ValueError("secondary_measures must be a list of column names")
-    levels = _keys(
-        d["levels"], "levels", set(d["levels"]) if isinstance(d["levels"], dict) else set()
-    )
+    if primary in secondary:
+        raise ValueError(f"secondary_measures repeats the primary measure {primary!r}")
+    return primary, tuple(secondary)
+
+
+def _levels(raw: Any) -> dict[str, float]:
+    """The matched levels: names to gains in (0, 1]."""
+    levels = _keys(raw, "levels", set(raw) if isinstance(raw, dict) else set())
     if not levels:
         raise ValueError("levels must name at least one matched level")
-    levels = {
-        check.string(k, "levels key", allow_empty=False): check.number(
+    return {
+        check.string(k, "levels key", allow_empty=False, max_length=120): check.number(
             v, f"levels.{k}", low=0, high=1, low_open=True
         )
         for k, v in levels.items()
     }
-    margin = check.number(d["equivalence_margin"], "equivalence_margin", low=0, low_open=True)
-    alpha = check.number(d["alpha"], "alpha", low=0, high=0.5, low_open=True, high_open=True)
-    multiplicity = check.choice(d["multiplicity"], "multiplicity", MULTIPLICITY)
-    family = d["family"]
-    if not isinstance(family, list) or not family:
+
+
+def _family(raw: Any, levels: dict[str, float], primary: str) -> tuple[Row, ...]:
+    """The rows of the family: unique ids, an arm compared with another arm or with "base"."""
+    if not isinstance(raw, list) or not raw:
         raise ValueError("family must be a non-empty list of rows")
+    if len(raw) > MAX_ROWS:
+        raise ValueError(f"family must have at most {MAX_ROWS} rows, got {len(raw)}")
     rows = []
-    for i, raw in enumerate(family):
-        r = _keys(raw, f"family[{i}]", {"id", "arm", "reference", "level", "claim"}, {"measure"})
+    for i, item in enumerate(raw):
+        r = _keys(item, f"family[{i}]", {"id", "arm", "reference", "level", "claim"}, {"measure"})
         row = Row(
             id=check.string(r["id"], f"family[{i}].id", allow_empty=False, max_length=120),
-            arm=check.string(r["arm"], f"family[{i}].arm", allow_empty=False),
-            reference=check.string(r["reference"], f"family[{i}].reference", allow_empty=False),
+            arm=check.string(r["arm"], f"family[{i}].arm", allow_empty=False, max_length=120),
+            reference=check.string(
+                r["reference"], f"family[{i}].reference", allow_empty=False, max_length=120
+            ),
             level=check.choice(r["level"], f"family[{i}].level", list(levels)),
             claim=check.choice(r["claim"], f"family[{i}].claim", CLAIMS),
             measure=check.choice(r.get("measure", primary), f"family[{i}].measure", MEASURES),
         )
+        if row.arm == "base":
+            raise ValueError(f"family[{i}].arm: 'base' is a reference, not an arm")
+        if row.arm == row.reference:
+            raise ValueError(f"family[{i}]: arm and reference are both {row.arm!r}")
         if row.reference == "base" and row.claim == "equivalent":
             raise ValueError(f"family[{i}]: a change from the base is decided by direction")
         rows.append(row)
     ids = [r.id for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"family ids must be unique, got {ids}")
-    g = _keys(
-        d["grad_check"], "grad_check", {"k", "groups", "margin_slope", "margin_intercept", "alpha"}
-    )
-    grad = GradCheck(
+    return tuple(rows)
+
+
+def _grad_check(raw: Any) -> GradCheck:
+    """Theorem 3.1's check at fixed parameters: k, groups, two margins and the level."""
+    g = _keys(raw, "grad_check", {"k", "groups", "margin_slope", "margin_intercept", "alpha"})
+
+    def margin(name: str) -> float:
+        return check.number(g[name], f"grad_check.{name}", low=0, high=MAX_MARGIN, low_open=True)
+
+    return GradCheck(
         k=check.integer(g["k"], "grad_check.k", minimum=2, maximum=1024),
         groups=check.integer(g["groups"], "grad_check.groups", minimum=2, maximum=100_000),
-        margin_slope=check.number(
-            g["margin_slope"], "grad_check.margin_slope", low=0, low_open=True
+        margin_slope=margin("margin_slope"),
+        margin_intercept=margin("margin_intercept"),
+        alpha=check.number(
+            g["alpha"], "grad_check.alpha", low=0, high=0.5, low_open=True, high_open=True
         ),
-        margin_intercept=check.number(
-            g["margin_intercept"], "grad_check.margin_intercept", low=0, low_open=True
-        ),
-        alpha=check.number(g["alpha"], "grad_check.alpha", low=0, high=0.5, low_open=True),
     )
-    designs = d["design"]
-    if not isinstance(designs, dict) or not designs:
+
+
+def _design(raw: Any) -> dict[str, Design]:
+    """Each profile's units: its grid file, graphs, bases and RL seeds."""
+    if not isinstance(raw, dict) or not raw:
         raise ValueError("design must map profiles to their units")
     design = {}
-    for name, raw in designs.items():
-        u = _keys(raw, f"design.{name}", {"grid", "graphs", "bases", "seeds"})
+    for name, item in raw.items():
+        u = _keys(item, f"design.{name}", {"grid", "graphs", "bases", "seeds"})
         design[str(name)] = Design(
             grid=check.string(u["grid"], f"design.{name}.grid", allow_empty=False),
             graphs=_ints(u["graphs"], f"design.{name}.graphs"),
             bases=_ints(u["bases"], f"design.{name}.bases"),
             seeds=_ints(u["seeds"], f"design.{name}.seeds"),
         )
+    return design
+
+
+def _parse(data: Any, source: str) -> Preregistration:
+    """The phases of reading a pre-registration: the keys, the measures and levels, the family,
+    the gradient check, the design, then the scalar rules, each with its bounds."""
+    d = _keys(data, "the file", _TOP)
+    version = check.integer(d["version"], "version", minimum=1, maximum=1)
+    primary, secondary = _measures(d)
+    levels = _levels(d["levels"])
+    family = _family(d["family"], levels, primary)
+    grad = _grad_check(d["grad_check"])
+    design = _design(d["design"])
     rationale = d["rationale"]
     if not isinstance(rationale, dict):
         raise ValueError("rationale must map topics to text")
-    fraction = check.number(d["reach_fraction"], "reach_fraction", low=0, high=1, low_open=True)
-    if not math.isfinite(fraction):
-        raise ValueError("reach_fraction must be finite")
     return Preregistration(
         path=source,
-        version=int(d["version"]),
+        version=version,
         question=_text(d["question"], "question"),
         primary_measure=primary,
-        secondary_measures=tuple(secondary),
+        secondary_measures=secondary,
         levels=levels,
-        equivalence_margin=margin,
-        alpha=alpha,
-        multiplicity=multiplicity,
+        equivalence_margin=check.number(
+            d["equivalence_margin"], "equivalence_margin", low=0, high=MAX_MARGIN, low_open=True
+        ),
+        alpha=check.number(d["alpha"], "alpha", low=0, high=0.5, low_open=True, high_open=True),
+        multiplicity=check.choice(d["multiplicity"], "multiplicity", MULTIPLICITY),
         interval=_text(d["interval"], "interval"),
         bootstrap_resamples=check.integer(
             d["bootstrap_resamples"], "bootstrap_resamples", minimum=100, maximum=1_000_000
         ),
-        bootstrap_seed=check.integer(d["bootstrap_seed"], "bootstrap_seed", minimum=0),
-        reach_fraction=fraction,
-        kl_trained=check.number(d["kl_trained"], "kl_trained", low=0),
+        bootstrap_seed=check.integer(
+            d["bootstrap_seed"], "bootstrap_seed", minimum=0, maximum=MAX_SEED
+        ),
+        reach_fraction=check.number(
+            d["reach_fraction"], "reach_fraction", low=0, high=1, low_open=True
+        ),
+        kl_trained=check.number(d["kl_trained"], "kl_trained", low=0, high=MAX_KL_TRAINED),
         hard_j1=check.number(d["hard_j1"], "hard_j1", low=0, high=1, low_open=True),
-        min_hard_prompts=check.integer(d["min_hard_prompts"], "min_hard_prompts", minimum=1),
-        family=tuple(rows),
+        min_hard_prompts=check.integer(
+            d["min_hard_prompts"], "min_hard_prompts", minimum=1, maximum=MAX_HARD_PROMPTS
+        ),
+        family=family,
         grad_check=grad,
         design=design,
         rationale={str(k): _text(v, f"rationale.{k}") for k, v in rationale.items()},

@@ -9,7 +9,8 @@
   recorded each claim (the claims file names its execution count: :func:`claim_cells`).
 
 Offline only: the template's CDN scripts (require.js, MathJax, mermaid, widget manager) are removed,
-notebook HTML and JavaScript outputs are sanitized, and the pages carry no script of their own, so
+notebook HTML and JavaScript outputs are sanitized, every output's metadata is reduced to numeric
+image sizes (:func:`clean_output_metadata`), and the pages carry no script of their own, so
 viewing a page requests nothing from another host (tests/test_site.py checks this in Chromium).
 Math therefore shows as its TeX source. Every text taken from the results (claim text, notebook
 file names, figure names) is escaped, in element text and in attributes. A link's scheme is read
@@ -49,7 +50,14 @@ from passk_companion.files import (
     writable_dir,
 )
 
-__all__ = ["build_site", "claim_cells", "claim_anchor", "clean_html", "table_of_contents"]
+__all__ = [
+    "build_site",
+    "claim_cells",
+    "claim_anchor",
+    "clean_html",
+    "clean_output_metadata",
+    "table_of_contents",
+]
 
 _NAV = "<!--companion-nav-->"
 
@@ -268,6 +276,43 @@ def _regular(path: Path) -> bool:
         return False
 
 
+_SIZE = re.compile(r"^[0-9]{1,5}$")  # an image's width or height: a plain number of pixels
+
+
+def _size(value: object) -> int | None:
+    """A width or height as the page may carry it: a whole number of pixels, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and 0 < value < 100_000:
+        return value
+    if isinstance(value, str) and _SIZE.match(value):
+        return int(value) or None
+    return None
+
+
+def clean_output_metadata(nb: nbformat.NotebookNode) -> None:
+    """Reduce every output's metadata, in place, to what the page may show: per MIME type a width
+    and a height that are whole numbers of pixels, and ``needs_background`` of "light" or "dark".
+    Everything else is dropped: nbconvert's template writes these values into attributes
+    unquoted (a width of ``1 onerror=...`` would add an attribute) and takes an image's source
+    from ``metadata.filenames`` (a remote or local-file URL), so none of it reaches the page."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            raw = output.get("metadata")
+            clean = nbformat.NotebookNode()
+            if isinstance(raw, dict):
+                for key, value in raw.items():
+                    if key == "needs_background" and value in ("light", "dark"):
+                        clean[key] = value
+                    elif key != "filenames" and isinstance(value, dict):
+                        sizes = {n: _size(value.get(n)) for n in ("width", "height")}
+                        kept = {n: v for n, v in sizes.items() if v is not None}
+                        if kept:
+                            clean[key] = nbformat.NotebookNode(kept)
+            if "metadata" in output or clean:
+                output["metadata"] = clean
+
+
 def _render_notebook(
     exporter: HTMLExporter, nb_path: Path, claims: list[Claim]
 ) -> tuple[str, set[str]]:
@@ -278,6 +323,7 @@ def _render_notebook(
     try:
         nb = nbformat.read(nb_path, as_version=4)
         nbformat.validate(nb)
+        clean_output_metadata(nb)
         cells = claim_cells(nb, claims)
         for cid, index in cells.items():
             nb.cells[index].metadata.setdefault("companion_anchors", []).append(claim_anchor(cid))
