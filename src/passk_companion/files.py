@@ -334,18 +334,26 @@ def read_regular(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
 
 MAX_YAML_BYTES = 1_000_000  # a parameter file or a pre-registration is a few kilobytes
 MAX_YAML_DEPTH = 64  # nested mappings and lists; deeper input is refused before recursion runs out
+MAX_YAML_NODES = 1_000_000  # values in one document (a grid file's lists are the largest)
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader that refuses a key given twice in one mapping, aliases (``*name``) and
-    nesting deeper than MAX_YAML_DEPTH."""
+    """YAML's safe loader that refuses a key given twice in one mapping, aliases (``*name``),
+    nesting deeper than MAX_YAML_DEPTH and more than `max_nodes` values."""
 
     _depth = 0
+    _nodes = 0
+    max_nodes = MAX_YAML_NODES
 
     def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102
         if self.check_event(yaml.events.AliasEvent):
             raise yaml.composer.ComposerError(
                 None, None, "aliases (*name) are not allowed", self.peek_event().start_mark
+            )
+        self._nodes += 1
+        if self._nodes > self.max_nodes:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {self.max_nodes} values", self.peek_event().start_mark
             )
         self._depth += 1
         try:
@@ -392,11 +400,14 @@ _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_y
 
 
 def load_yaml_strict(
-    path_or_text: str | os.PathLike, what: str = "YAML file", max_bytes: int = MAX_YAML_BYTES
+    path_or_text: str | os.PathLike,
+    what: str = "YAML file",
+    max_bytes: int = MAX_YAML_BYTES,
+    max_nodes: int = MAX_YAML_NODES,
 ) -> Any:
     """The object a YAML document holds, read with the safe loader and strictly: a key given
-    twice in one mapping, an alias, or nesting deeper than MAX_YAML_DEPTH is a ValueError of one
-    line naming the source, the key and the line.
+    twice in one mapping, an alias, nesting deeper than MAX_YAML_DEPTH or more than `max_nodes`
+    values is a ValueError of one line naming the source, the key and the line.
 
     A path (os.PathLike) is read as a regular file of at most `max_bytes` (:func:`read_regular`:
     a FIFO or ``/dev/zero`` is refused), as UTF-8; a str is the YAML text itself. `what` names the
@@ -411,7 +422,8 @@ def load_yaml_strict(
         except UnicodeDecodeError as err:
             raise ValueError(f"cannot read {source}: not UTF-8 ({err.reason})") from None
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a safe loader
+        loader = type("_Bounded", (_StrictLoader,), {"max_nodes": max_nodes})
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from passk_companion import cli
-from passk_companion.model import checkpoint, config, pretrain, rl, sweep
+from passk_companion.model import checkpoint, config, grid, pretrain, rl, sweep
 from passk_companion.model.provenance import code_digest
 
 SMOKE_GRID = {
@@ -184,3 +184,15 @@ def test_workers_and_backend_are_validated(tmp_path):
     with pytest.raises(ValueError, match="workers"):
         sweep.run(grid, tmp_path, workers=0)
     assert dataclasses.replace(grid.trials()[0].config, seed=3).seed == 3
+
+
+def test_a_deeply_nested_or_duplicated_grid_file_is_one_line(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("profile: smoke\ngrid: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ValueError, match="nested deeper than") as err:
+        grid.load_grid(deep)
+    assert "\n" not in str(err.value)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("profile: smoke\ngrid: {seed: [0]}\nprofile: ci\n")
+    with pytest.raises(ValueError, match="duplicate key 'profile'"):
+        grid.load_grid(twice)

@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
 from passk_companion.evidence import verdicts as vd
 from passk_companion.evidence.matching import crossing
-from passk_companion.files import read_regular
+from passk_companion.files import load_yaml_strict
 
 __all__ = [
     "PAIR_KEYS",
@@ -489,29 +488,6 @@ _DESIGN_KEYS = {"grid", "graphs", "bases", "seeds"}
 MAX_PLAN_BYTES = 2**20
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader that refuses a key given twice in one mapping (the later one would win
-    silently) and aliases."""
-
-    def construct_mapping(self, node, deep=False):  # noqa: D102
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-    def compose_node(self, parent, index):  # noqa: D102
-        if self.check_event(yaml.events.AliasEvent):
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed", self.peek_event().start_mark
-            )
-        return super().compose_node(parent, index)
-
-
 def _mapping(data: object, where: str, required: set[str], optional: set[str] = frozenset()):
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping")
@@ -574,11 +550,10 @@ def load_plan(path: str | Path) -> Plan:
     MAX_PLAN_BYTES, no duplicate keys or aliases, every key known and typed, numbers within
     their bounds, row ids unique; ValueError naming the file and the key otherwise."""
     path = Path(path)
+    data = load_yaml_strict(path, "pre-registration", MAX_PLAN_BYTES)
     try:
-        raw = read_regular(path, "pre-registration", MAX_PLAN_BYTES).decode("utf-8")
-        data = yaml.load(raw, Loader=_StrictLoader)  # noqa: S506 - a safe loader
         return _plan(data)
-    except (UnicodeDecodeError, yaml.YAMLError, ValueError, TypeError) as err:
+    except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: {' '.join(str(err).split())}") from None
 
 

@@ -38,10 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from passk_companion import profiles
-from passk_companion.files import read_regular
+from passk_companion.files import load_yaml_strict
 from passk_companion.model import config
 
 __all__ = [
@@ -263,32 +261,10 @@ def parse_grid(data: Any, source: str = "grid") -> Grid:
         raise ValueError(f"{source}: {err}") from None
 
 
-class _GridLoader(yaml.SafeLoader):
-    """YAML's safe loader without aliases (``*name``, which let a few hundred bytes expand into
-    billions of values) and with at most MAX_GRID_NODES nodes."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102
-        if self.check_event(yaml.events.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in grid files", mark
-            )
-        self._nodes = getattr(self, "_nodes", 0) + 1
-        if self._nodes > MAX_GRID_NODES:
-            raise yaml.composer.ComposerError(
-                None, None, f"more than {MAX_GRID_NODES} values", self.peek_event().start_mark
-            )
-        return super().compose_node(parent, index)
-
-
 def load_grid(path: str | os.PathLike) -> Grid:
-    """Read and validate a grid file (YAML, safe loader without aliases): a regular file of at
-    most MAX_GRID_BYTES (a FIFO or /dev/zero is refused, not read)."""
+    """Read and validate a grid file, strictly (passk_companion.files.load_yaml_strict: no
+    duplicate keys, aliases or deep nesting, at most MAX_GRID_NODES values): a regular file of
+    at most MAX_GRID_BYTES (a FIFO or /dev/zero is refused, not read)."""
     path = Path(path)
-    raw = read_regular(path, "grid file", MAX_GRID_BYTES)
-    try:
-        data = yaml.load(raw.decode("utf-8"), Loader=_GridLoader)  # noqa: S506 - a safe loader
-    except (UnicodeDecodeError, yaml.YAMLError) as err:
-        reason = " ".join(str(err).split())
-        raise ValueError(f"cannot read grid file {path}: {reason}") from None
+    data = load_yaml_strict(path, "grid file", MAX_GRID_BYTES, MAX_GRID_NODES)
     return parse_grid(data, str(path))
