@@ -443,3 +443,32 @@ def test_a_local_ray_is_stopped_with_its_driver(tmp_path, how):
         assert left, f"Ray processes still running 10 s later: {_still_running(snapshot)}"
     finally:
         driver.kill()
+
+
+class _FlakyRay:
+    """Stands in for the ray module's init and shutdown: the first `failures` starts fail the
+    way a raylet that misses the GCS's deadline does."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, []
+
+    def init(self, **kwargs):
+        self.calls.append("init")
+        if len(self.calls) // 2 < self.failures:
+            raise RuntimeError("Failed to register worker: raylet failed to startup")
+
+    def shutdown(self):
+        self.calls.append("shutdown")
+
+
+def test_a_local_ray_that_misses_its_start_is_tried_once_more(capsys):
+    from passk_companion.model import backends
+
+    once = _FlakyRay(failures=1)
+    backends._start_local_ray(once, 2, {})
+    assert once.calls == ["init", "shutdown", "init"]
+    assert "did not start (Failed to register worker" in capsys.readouterr().err
+    always = _FlakyRay(failures=5)
+    with pytest.raises(ValueError, match="did not start in 2 tries") as err:
+        backends._start_local_ray(always, 2, {})
+    assert "\n" not in str(err.value) and always.calls.count("init") == 2

@@ -20,6 +20,7 @@ import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -140,6 +141,29 @@ class LocalPool:
         self.slots = []
 
 
+RAY_START_TRIES = 2  # a loaded machine can miss Ray's start-up deadline once
+
+
+def _start_local_ray(ray: Any, workers: int, kwargs: dict[str, Any]) -> None:
+    """ray.init of a local Ray with `workers` CPUs, tried RAY_START_TRIES times: a start that
+    fails (on a busy machine the raylet can miss the GCS's deadline) is shut down, reported in
+    one line on stderr, and tried again; the last failure is a ValueError of one line."""
+    for attempt in range(1, RAY_START_TRIES + 1):
+        try:
+            ray.init(num_cpus=workers, **kwargs)
+            return
+        except Exception as err:  # noqa: BLE001 - Ray raises several types for a failed start
+            reason = " ".join(str(err).split())[:300]
+            ray.shutdown()
+            if attempt == RAY_START_TRIES:
+                raise ValueError(
+                    f"a local Ray did not start in {RAY_START_TRIES} tries ({reason}); "
+                    "is the machine overloaded? rerun the command, or use --backend local"
+                ) from None
+            print(f"a local Ray did not start ({reason}); trying once more", file=sys.stderr,
+                  flush=True)  # fmt: skip
+
+
 class RayRunner:
     """Ray tasks of the same functions: a local Ray with `workers` CPUs started on first use
     (and stopped by close()), unless an address is given or Ray is already initialised."""
@@ -167,7 +191,7 @@ class RayRunner:
                 else:
                     self.before = descendants(os.getpid())
                     self.reaper = Reaper().start()  # should this process be SIGKILLed
-                    ray.init(num_cpus=self.workers, **kwargs)
+                    _start_local_ray(ray, self.workers, kwargs)
         self.ray = ray
         return ray
 
