@@ -525,3 +525,34 @@ def test_hostile_pages_render_inert(hostile, browser):
     assert [Path(unquote(urlsplit(u).path)).name for u in facts["notebookLinks"]] == [
         f"{name}.html"
     ]
+
+
+def test_the_reference_pages_are_rendered_beside_the_notebooks(site):
+    out, _ = site
+    index = (out / "index.html").read_text()
+    docs = sorted(p.stem for p in (ROOT / "docs").glob("*.md"))
+    assert docs and all((out / "docs" / f"{d}.html").is_file() for d in docs)
+    assert all(f'href="docs/{d}.html"' in index for d in docs)
+    page = (out / "docs" / "deciding-runs.html").read_text()
+    assert "<table>" in page and 'href="../index.html"' in page
+    assert not re.search(r'href="[^"]*\.md[#"]', page)  # links point at the rendered pages
+
+
+def test_a_crafted_reference_page_runs_no_script_and_requests_nothing(tmp_path):
+    results = tmp_path / "results"
+    (results / "notebooks").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# x")]
+    nbformat.write(nb, results / "notebooks" / "01_x.ipynb")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "evil.md").write_text(
+        "# Evil\n\n<script>alert(1)</script>\n\n<img src=x onerror=alert(1)>\n\n"
+        "![remote](http://example.com/a.png)\n\n[other](other.md#part) [out](https://x.org/y.md)\n"
+    )
+    build_site(results, docs=docs)
+    page = (results / "site" / "docs" / "evil.html").read_text()
+    assert "<script" not in page and not re.search(r"<[^>]*onerror", page)
+    assert "&lt;script&gt;" in page  # raw HTML is shown as text, not run
+    assert 'src="http' not in page and "<img" not in page
+    assert 'href="other.html#part"' in page and 'href="https://x.org/y.md"' in page

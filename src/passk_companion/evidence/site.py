@@ -49,6 +49,7 @@ from passk_companion.files import (
     own_folder,
     writable_dir,
 )
+from passk_companion.repro import repo_root
 
 __all__ = [
     "build_site",
@@ -362,8 +363,15 @@ def _counts(claims: list[Claim]) -> str:
     return "".join(f" {_badge(v)} {tally[v]}" for v in VERDICTS if tally[v])
 
 
-def _index(claims: list[Claim], pages: dict[str, set[str]], figures: Path, out: Path) -> str:
-    """The index page; `pages` maps each rendered notebook stem to its anchored claim ids."""
+def _index(
+    claims: list[Claim],
+    pages: dict[str, set[str]],
+    figures: Path,
+    out: Path,
+    references: list[tuple[str, str]] = (),
+) -> str:
+    """The index page; `pages` maps each rendered notebook stem to its anchored claim ids,
+    `references` lists the rendered reference pages (file name, title)."""
     sections = []
     for notebook in sorted(set(pages) | {c.notebook for c in claims}):
         rows = [c for c in claims if c.notebook == notebook]
@@ -406,6 +414,13 @@ def _index(claims: list[Claim], pages: dict[str, set[str]], figures: Path, out: 
         if claims
         else "No claims recorded yet: run <code>make reproduce</code>."
     )
+    reference = (
+        '<section id="reference"><h2>Reference</h2><ul>'
+        + "".join(f'<li><a href="{_href("docs/" + n)}">{_esc(t)}</a></li>' for n, t in references)
+        + "</ul></section>"
+        if references
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -417,14 +432,16 @@ def _index(claims: list[Claim], pages: dict[str, set[str]], figures: Path, out: 
 Objective</i> (arXiv 2511.16231). Every verdict is computed by the notebook named above its row;
 follow a claim to the cell that records it.</p>
 <p class="summary" id="summary">{line}</p>
+{reference}
 {"".join(sections)}
 </body></html>
 """
 
 
-def build_site(results: Path, out: Path | None = None) -> Path:
+def build_site(results: Path, out: Path | None = None, docs: Path | None = None) -> Path:
     """Render results/notebooks/*.ipynb and results/claims/*.csv into `out` (default
-    results/site); figures named by claims are copied to out/figures. Returns index.html."""
+    results/site); figures named by claims are copied to out/figures; the reference pages
+    `docs`/*.md (default: the checkout's docs/) become out/docs/*.html. Returns index.html."""
     # hidden files are notebooks still being executed (passk_companion.reproduce writes
     # .<name>....ipynb)
     notebooks = sorted(
@@ -446,5 +463,41 @@ def build_site(results: Path, out: Path | None = None) -> Path:
         own = [c for c in claims if c.notebook == nb_path.stem]
         page, pages[nb_path.stem] = _render_notebook(exporter, nb_path, own)
         atomic_write_text(out / f"{nb_path.stem}.html", page)
-    index = _index(claims, pages, results / "figures", out)
+    if docs is None:
+        root = repo_root()
+        docs = root / "docs" if root is not None else None
+    references = _render_docs(docs, out) if docs is not None and docs.is_dir() else []
+    index = _index(claims, pages, results / "figures", out, references)
     return atomic_write_text(out / "index.html", index)
+
+
+_MD_LINK = re.compile(r'href="(?!https?:|mailto:|#)([^"#]*?)\.md(#[^"]*)?"')
+
+
+def _render_docs(docs: Path, out: Path) -> list[tuple[str, str]]:
+    """Each regular file docs/*.md as out/docs/<name>.html: Markdown rendered by mistune with raw
+    HTML escaped, then clean_html (no script, no remote source), links to other .md pages
+    pointed at their .html. Returns (file name, title) of each page, in name order."""
+    import mistune
+
+    render = mistune.create_markdown(escape=True, plugins=["table"])
+    pages = []
+    for path in sorted(docs.glob("*.md")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        with open_regular(path, "reference page") as f:
+            text = f.read(2_000_000).decode("utf-8", errors="replace")
+        title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("# ")),
+                     path.stem)  # fmt: skip
+        body = _MD_LINK.sub(lambda m: f'href="{m[1]}.html{m[2] or ""}"', str(render(text)))
+        name = f"{path.stem}.html"
+        atomic_write_text(out / "docs" / name, f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_esc(title)}</title><style>{_INDEX_CSS}</style></head>
+<body><p><a href="../index.html">pass@k companion</a></p>
+{clean_html(body)}
+</body></html>
+""")  # fmt: skip
+        pages.append((name, title))
+    return pages
