@@ -28,6 +28,7 @@ from pathlib import Path
 
 from passk_companion import profiles
 from passk_companion.files import (
+    atomic_write_text,
     load_yaml_strict,
     open_regular,
     remove_stale_temporaries,
@@ -390,7 +391,9 @@ def _strip(path: Path) -> None:
 
 
 def execute(prefixes: str | None, results: str | os.PathLike = "build/execute-results") -> None:
-    """Regenerate the stored outputs of the selected notebooks in place (ci defaults)."""
+    """Regenerate the stored outputs of the selected notebooks in place (ci defaults), and their
+    stored claims, notebooks/claims/<notebook>.csv (what `make nbval` compares a fresh run's
+    claims with, and `report --tables` reads)."""
     notebooks = select(prefixes)
     results = Path(results)
     if not results.is_absolute():
@@ -399,5 +402,9 @@ def execute(prefixes: str | None, results: str | os.PathLike = "build/execute-re
     for nb in notebooks:
         print(f"== executing {nb.name}", flush=True)
         t0 = time.perf_counter()
+        recorded = results / "claims" / f"{nb.stem}.csv"
+        recorded.unlink(missing_ok=True)  # only what this run records is stored
         _run_atomic(nb, nb, {}, results, None, post=_strip)
+        if recorded.is_file():
+            atomic_write_text(nb.parent / "claims" / recorded.name, recorded.read_text("utf-8"))
         print(f"   done in {time.perf_counter() - t0:.0f} s", flush=True)
