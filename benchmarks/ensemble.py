@@ -12,8 +12,8 @@ torch.profiler view of the trials' training at R = 1 and at the largest R: the s
 math, other tensor ops and per-op framework overhead, and the tensor ops per run-step.
 
 Run: `.venv/bin/python benchmarks/ensemble.py [--trials 64] [--steps 10] [--shapes ci saturation]`;
-`--quick`: smoke profile (8 rollouts), 8 trials of 2 steps, R in 1 and 4 (seconds, for
-`make test`).
+`--quick`: smoke profile (8 rollouts), 8 trials of 2 steps, R in 1 and 4, both shapes at 8
+rollouts (seconds, for `make test`).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> None:
     args = ap.parse_args()
     profile = "ci"
     if args.quick:
-        profile, args.trials, args.steps, args.sizes, args.shapes = "smoke", 8, 2, [1, 4], ["ci"]
+        profile, args.trials, args.steps, args.sizes = "smoke", 8, 2, [1, 4]
     if args.trials < 2 or args.steps < 1 or min(args.sizes) < 1:
         ap.error("--trials must be >= 2, --steps and every size >= 1")
     sizes = sorted({min(r, args.trials) for r in [1, *args.sizes]})
@@ -105,7 +105,7 @@ def main() -> None:
             g = _grid(profile, args.trials, args.steps, overrides)
             prof = config.for_profile(profile)
             base_path = sweep.base_file(tmp / "bases-src", profile, 0, 0)
-            base_path.parent.mkdir(parents=True)
+            base_path.parent.mkdir(parents=True, exist_ok=True)  # one base serves every shape
             t0 = time.perf_counter()
             pretrain.load_or_pretrain(prof, base_path, "cpu", progress=False)
             print(f"shape {shape} ({profile} profile, {g.trials()[0].config.batch_prompts} "
@@ -128,7 +128,7 @@ def main() -> None:
                       f"(results.csv equal to R = 1: {same})")  # fmt: skip
                 if not same:
                     raise SystemExit("an ensemble changed results.csv")
-            print("torch.profiler, the trials' training in this process (CPU time per run-step):")
+            print("torch.profiler, the trials' training in this process (time per run-step):")
             for r in (sizes[0], sizes[-1]):
                 _profile_split(g, base_path, tmp, r, shape)
 

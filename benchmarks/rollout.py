@@ -63,13 +63,15 @@ def rollout_tokens_per_s(model, task, prompts, n, use_cache, repeats):
 
 
 def kernel_split(fn) -> tuple[float, float, float, int]:
-    """(CPU ms of one call of fn, share in matrix-math kernels, share in the other tensor ops,
-    tensor ops called). Shares are the profiler's self times of aten ops over the CPU time of an
-    unprofiled call; the rest is framework overhead outside the ops (Python, autograd, dispatch).
-    Tiny tensors make the "other tensor ops" share itself mostly per-op cost."""
-    c0 = time.process_time()
+    """(ms of one call of fn, share in matrix-math kernels, share in the other tensor ops,
+    tensor ops called). Shares are the profiler's self times of aten ops over the wall time of an
+    unprofiled call (one thread); the rest is framework overhead outside the ops (Python,
+    autograd, dispatch). The profiler's self times are wall times, so both sides are: on a busy
+    machine, time the others' processes take inflates both alike. Tiny tensors make the "other
+    tensor ops" share itself mostly per-op cost."""
+    c0 = time.perf_counter()
     fn()
-    cpu = time.process_time() - c0
+    cpu = time.perf_counter() - c0
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
