@@ -138,7 +138,7 @@ NOISY_NODES = 16  # Gauss-Legendre nodes per panel of one noise sd
 
 @dataclass(frozen=True)
 class NoisyQuadrature:
-    """The fixed part of the noisy max@k quadrature of one reward table (P, m): the upper end
+    """The policy-free part of the noisy max@k quadrature of one reward table (P, m): the upper end
     `hi`, the weights w (N,) of the nodes x_n on [lo, hi] (panels of width at most sigma,
     `nodes_per_sd` Gauss-Legendre nodes each) and cdf[p, n, a] = Phi((x_n - mu_pa) / sigma).
     It does not depend on the policy, so a flow builds it once; a table of one row serves
