@@ -152,6 +152,69 @@ def test_alternatives_branches():
         v.alternatives(up, up)
 
 
+def test_outcome_of_two_exclusive_alternatives():
+    up, down, unsure = (
+        v.mean_over_seeds([0.9, 0.8, 0.85], null=0.5),
+        v.mean_over_seeds([0.1, 0.2, 0.15], null=0.5),
+        v.mean_over_seeds([0.1, 0.9, 0.5], null=0.5),
+    )
+    assert v.outcome(up, down) == "claim" and v.outcome(down, up) == "rival"
+    assert v.outcome(down, down) == "neither"  # both fail: a stall
+    assert v.outcome(unsure, down) == "undecided" and v.outcome(unsure, unsure) == "undecided"
+    assert set(v.OUTCOMES) == {"claim", "rival", "neither", "undecided"}
+    with pytest.raises(ValueError, match="both"):
+        v.outcome(up, up)
+
+
+def test_mass_over_seeds_is_a_log_odds_t_interval_inside_the_unit_interval():
+    masses = np.array([0.995, 0.994, 0.0835])  # two seeds escape, one does not
+    d = v.mass_over_seeds(masses, null=0.25, baseline=0.09, statistic="gain")
+    logit = np.log(masses / (1 - masses))
+    half = stats.t.ppf(0.975, 2) * logit.std(ddof=1) / math.sqrt(3)
+    expit = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert d.estimate == pytest.approx(expit(logit.mean()) - 0.09, abs=1e-14)
+    assert d.low == pytest.approx(expit(logit.mean() - half) - 0.09, abs=1e-14)
+    assert d.high == pytest.approx(expit(logit.mean() + half) - 0.09, abs=1e-14)
+    assert -0.09 <= d.low <= d.estimate <= d.high <= 1 - 0.09
+    assert d.verdict == "inconclusive" and d.kind == "empirical" and d.seeds == 3
+    assert "log-odds" in d.method
+    # the Student t interval on the raw masses leaves [0, 1]; this one does not
+    t = v.mean_over_seeds(masses)
+    assert t.low < 0 or t.high > 1
+    # decisions on the gain scale, and a point interval when every seed agrees
+    assert v.mass_over_seeds([0.9, 0.91, 0.92], null=0.25, baseline=0.09).verdict == "holds"
+    assert v.mass_over_seeds([0.01, 0.02, 0.015], null=0.25, baseline=0.09).verdict == "fails"
+    less = v.mass_over_seeds([0.01, 0.02, 0.015], null=0.25, direction="less", baseline=0.09)
+    assert less.verdict == "holds"
+    same = v.mass_over_seeds([0.3, 0.3, 0.3])
+    assert same.low == same.estimate == same.high == pytest.approx(0.3)
+
+
+@given(
+    st.lists(st.floats(1e-9, 1 - 1e-9), min_size=3, max_size=12),
+    st.floats(0, 1),
+)
+@settings(max_examples=200, deadline=None)
+def test_mass_interval_stays_within_the_range_of_a_gain(masses, baseline):
+    d = v.mass_over_seeds(masses, baseline=baseline)
+    assert -baseline - 1e-15 <= d.low <= d.estimate <= d.high <= 1 - baseline + 1e-15
+
+
+@pytest.mark.parametrize(
+    ("masses", "kwargs", "msg"),
+    [
+        ([0.0, 0.5, 0.6], {}, "strictly between 0 and 1"),
+        ([1.0, 0.5, 0.6], {}, "strictly between 0 and 1"),
+        ([0.4, 0.5], {}, "at least 3 seeds"),
+        ([0.4, 0.5, 0.6], {"baseline": 1.5}, "baseline"),
+        ([0.4, 0.5, 0.6], {"direction": "up"}, "direction"),
+    ],
+)
+def test_mass_over_seeds_refuses_bad_values(masses, kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        v.mass_over_seeds(masses, **kwargs)
+
+
 def test_margin_in_standard_errors_and_fragility():
     # interval [0.1, 2.1] around 1.1 with z = 1.96: SE = 2 / 3.92; the lower edge is 0.1 from 0
     d = v.Decision("holds", "empirical", "x", 1.1, 0.1, 2.1, 0.0, "greater", 5, "t")

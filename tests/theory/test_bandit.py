@@ -150,3 +150,23 @@ def test_expected_flow_of_max_at_1_is_the_flow_of_the_expected_reward():
     # the windows start with 0.09 and 0.63 of the mass: both cannot gain more than 1/4
     share = torch.softmax(start, -1)
     assert float(share[30:51].sum()) + float(share[65:86].sum()) + 0.5 > 1.0
+
+
+def test_expected_flow_of_the_noisy_reward():
+    history, final = bandit.expected_flow([1, 4], steps=40, lr=0.5, record_every=20, noise_sd=0.5)
+    assert set(history.flow) == {"E[r]", "max@1", "max@4", "max@1 / noisy", "max@4 / noisy"}
+    # max@1 of the noisy reward is E[r]: the noise has mean 0
+    torch.testing.assert_close(final["max@1 / noisy"], final["E[r]"], rtol=0, atol=1e-12)
+    assert not torch.allclose(final["max@4 / noisy"], final["max@4"])
+    # the noise-free rows do not depend on the noisy ones
+    _, alone = bandit.expected_flow([1, 4], steps=40, lr=0.5, record_every=20)
+    torch.testing.assert_close(final["max@4"], alone["max@4"], rtol=0, atol=0)
+    # one step is lr times the quadrature gradient at the start
+    from passk_companion.theory import maxk
+
+    _, one = bandit.expected_flow([4], steps=1, lr=0.5, noise_sd=0.5)
+    z0 = bandit.initial_logits()[None]
+    grad = maxk.NoisyQuadrature.build(bandit.arm_means()[None], 0.5).grad(z0, 4)
+    torch.testing.assert_close(one["max@4 / noisy"], (z0 + 0.5 * grad)[0], rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="noise_sd"):
+        bandit.expected_flow([2], steps=2, lr=0.5, noise_sd=0.0)

@@ -144,6 +144,103 @@ def test_bad_tables_are_refused(logits, table, msg):
         maxk.max_at_k(logits, table, 2)
 
 
+# --- max@k of a noisy reward, by quadrature ------------------------------------------------------
+
+
+def test_noisy_max_at_1_is_the_expected_reward():
+    logits, table = random_policy(11, p=5, m=7)
+    for sigma in (0.05, 0.5, 2.0):
+        torch.testing.assert_close(
+            maxk.noisy_max_at_k(logits, table, sigma, 1),
+            maxk.expected_reward(logits, table),
+            rtol=0,
+            atol=1e-13,
+        )
+
+
+def test_noisy_max_of_one_arm_is_the_max_of_k_gaussians():
+    # E[max of k N(mu, s^2)] = mu + s c_k: c_2 = 1/sqrt(pi), c_3 = 3/(2 sqrt(pi)); every arm has
+    # the same mean, so the policy does not matter
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    table = torch.full((3, 4), 0.3, dtype=torch.float64)
+    for k, c in ((2, 1 / math.sqrt(math.pi)), (3, 1.5 / math.sqrt(math.pi))):
+        want = torch.full((3,), 0.3 + 0.5 * c, dtype=torch.float64)
+        got = maxk.noisy_max_at_k(logits, table, 0.5, k)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+
+
+def test_noisy_max_at_k_matches_monte_carlo():
+    logits = torch.tensor([[0.4, -0.3, 1.0, 0.0]], dtype=torch.float64)
+    table = torch.tensor([[0.1, 0.9, 0.5, 0.6]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    draws = 200_000
+    pi = torch.softmax(logits[0], -1)
+    for k, sigma in ((2, 0.5), (4, 0.2), (8, 0.05)):
+        arm = torch.multinomial(pi, draws * k, replacement=True, generator=g).view(draws, k)
+        noise = torch.randn(draws, k, generator=g, dtype=torch.float64)
+        best = (table[0][arm] + sigma * noise).max(1).values
+        exact_value = maxk.noisy_max_at_k(logits, table, sigma, k)[0]
+        z = (best.mean() - exact_value) / (best.std() / math.sqrt(draws))
+        assert abs(float(z)) < 4.5  # Bonferroni over 3 checks at ~2e-5 each
+
+
+def test_noisy_max_at_k_converges_and_tends_to_the_noise_free_value():
+    logits, table = random_policy(5, p=4, m=9)
+    for k in (2, 8, 16):
+        fine = maxk.noisy_max_at_k(logits, table, 0.5, k, nodes_per_sd=64)
+        torch.testing.assert_close(
+            maxk.noisy_max_at_k(logits, table, 0.5, k), fine, rtol=0, atol=1e-13
+        )
+        # noise of sd s moves the max of k draws by at most s E[max_i |eps_i|] <= s sqrt(2 log 2k)
+        small = maxk.noisy_max_at_k(logits, table, 1e-4, k)
+        bound = 1e-4 * math.sqrt(2 * math.log(2 * k))
+        assert float((small - maxk.max_at_k(logits, table, k)).abs().max()) < bound
+
+
+def test_noisy_gradient_matches_autograd_and_finite_differences():
+    logits, table = random_policy(8, p=3, m=6)
+    ks = torch.tensor([2.0, 5.0, 16.0], dtype=torch.float64)
+    z = logits.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(maxk.noisy_max_at_k(z, table, 0.3, ks).sum(), z)
+    closed = maxk.NoisyQuadrature.build(table, 0.3).grad(logits, ks)
+    torch.testing.assert_close(closed, auto, rtol=0, atol=1e-13)
+    h = 1e-6
+    for j in range(6):
+        e = torch.zeros_like(logits)
+        e[:, j] = h
+        fd = (
+            maxk.noisy_max_at_k(logits + e, table, 0.3, ks)
+            - maxk.noisy_max_at_k(logits - e, table, 0.3, ks)
+        ) / (2 * h)
+        torch.testing.assert_close(closed[:, j], fd, rtol=0, atol=1e-8)
+    # one shared table row serves every row of logits
+    shared = maxk.NoisyQuadrature.build(table[:1], 0.3).grad(logits, ks)
+    per_row = maxk.NoisyQuadrature.build(table[:1].expand(3, -1), 0.3).grad(logits, ks)
+    torch.testing.assert_close(shared, per_row, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "msg"),
+    [
+        ({"sigma": 0.0}, "sigma"),
+        ({"sigma": float("nan")}, "sigma"),
+        ({"nodes_per_sd": 1}, "nodes_per_sd"),
+        ({"table": torch.ones(2, 3, dtype=torch.bool)}, "boolean"),
+        ({"k": 0}, "k"),
+    ],
+)
+def test_noisy_max_at_k_refuses_bad_parameters(kwargs, msg):
+    args = {
+        "logits": torch.zeros(2, 3, dtype=torch.float64),
+        "table": torch.rand(2, 3, dtype=torch.float64),
+        "sigma": 0.5,
+        "k": 2,
+    } | kwargs
+    nodes = {"nodes_per_sd": args.pop("nodes_per_sd")} if "nodes_per_sd" in args else {}
+    with pytest.raises(ValueError, match=msg):
+        maxk.noisy_max_at_k(args["logits"], args["table"], args["sigma"], args["k"], **nodes)
+
+
 # --- PKPO's Gaussian toy ------------------------------------------------------------------------
 
 

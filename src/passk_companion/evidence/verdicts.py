@@ -16,7 +16,9 @@ their own. Three kinds of claim:
       inconclusive  it contains the null.
 
   Intervals: Student t over independent seeds (:func:`mean_over_seeds`:
-  mean +- t_{0.975, s-1} sd / sqrt(s)); a paired percentile bootstrap over prompts, the unit of
+  mean +- t_{0.975, s-1} sd / sqrt(s)); for a mass, share or probability per seed, the same
+  interval on the log-odds scale, mapped back, so it stays inside [0, 1]
+  (:func:`mass_over_seeds`); a paired percentile bootstrap over prompts, the unit of
   a paired comparison (:func:`paired_bootstrap`, Efron & Tibshirani 1993; the
   stratified-bootstrap practice of rliable, Agarwal et al. 2021, NeurIPS); a Wilson score
   interval for a proportion (:func:`proportion`).
@@ -39,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from passk_companion import validation
 
@@ -51,11 +53,14 @@ __all__ = [
     "decide_interval",
     "exact",
     "mean_over_seeds",
+    "mass_over_seeds",
     "paired_bootstrap",
     "proportion",
     "equivalence",
     "within_margin",
     "alternatives",
+    "OUTCOMES",
+    "outcome",
     "conjunction",
     "FRAGILE_SE",
     "TOLERANCES",
@@ -319,6 +324,62 @@ def mean_over_seeds(
         direction,
         len(x),
         f"Student t over {unit}",
+        confidence,
+    )
+
+
+def mass_over_seeds(
+    masses: Sequence[float] | np.ndarray,
+    *,
+    null: float = 0.5,
+    direction: str = "greater",
+    baseline: float = 0.0,
+    confidence: float = 0.95,
+    statistic: str = "mass over seeds",
+    min_seeds: int = MIN_SEEDS,
+    unit: str = "seeds",
+) -> Decision:
+    """Interval of a mass (a share, a probability) from one value per independent seed, that
+    stays inside [0, 1]: the Student t interval of the mean log-odds l_s = log(m_s / (1 - m_s)),
+
+        mean(l) +- t_{(1+confidence)/2, s-1} * sd(l) / sqrt(s),
+
+    mapped back by the logistic function. The estimate is the mass at the mean log-odds, which
+    lies inside the interval. With `baseline` (a known mass, such as the start of a run) the
+    statistic is the gain m - baseline: estimate and interval are shifted by it, so they stay
+    inside [-baseline, 1 - baseline], and `null` is on that scale. Then :func:`decide_interval`.
+    Every mass must lie strictly between 0 and 1 (a finite log-odds); at least `min_seeds`
+    seeds; if every seed gives the same mass the interval is that point."""
+    _check_direction(direction)
+    _check_confidence(confidence)
+    x = _values(masses, "masses")
+    if not np.all((x > 0) & (x < 1)):
+        raise ValueError(
+            f"masses must lie strictly between 0 and 1 (finite log-odds), got {x.tolist()}"
+        )
+    if not math.isfinite(baseline) or not 0 <= baseline <= 1:
+        raise ValueError(f"baseline must be a mass in [0, 1], got {baseline}")
+    if len(x) < max(2, min_seeds):
+        raise ValueError(f"need at least {max(2, min_seeds)} seeds, got {len(x)}")
+    logit = np.log(x) - np.log1p(-x)
+    centre = float(logit.mean())
+    half = float(
+        stats.t.ppf((1 + confidence) / 2, len(x) - 1) * logit.std(ddof=1) / math.sqrt(len(x))
+    )
+    est, low, high = (
+        float(special.expit(v)) - baseline for v in (centre, centre - half, centre + half)
+    )
+    return Decision(
+        decide_interval(low, high, null, direction),
+        "empirical",
+        statistic,
+        est,
+        low,
+        high,
+        float(null),
+        direction,
+        len(x),
+        f"Student t over {unit} on the log-odds scale",
         confidence,
     )
 
@@ -779,6 +840,26 @@ def alternatives(claim: Decision, rival: Decision) -> Decision:
     return dataclasses.replace(
         claim, verdict=verdict, method=f"{claim.method}; rival: {rival.statistic}"
     )
+
+
+OUTCOMES = ("claim", "rival", "neither", "undecided")
+
+
+def outcome(claim: Decision, rival: Decision) -> str:
+    """Which of two outcomes that exclude each other the intervals establish (e.g. "escapes to
+    the global optimum" against "is trapped at the local one"): "claim" or "rival" when that one
+    holds, "neither" when both fail (each interval lies on the far side of its null: the run
+    neither escapes nor is trapped, it stalls), "undecided" otherwise. :func:`alternatives`
+    turns the same pair into a verdict on the claim."""
+    if claim.verdict == "holds" and rival.verdict == "holds":
+        raise ValueError("both alternatives hold: they were meant to exclude each other")
+    if claim.verdict == "holds":
+        return "claim"
+    if rival.verdict == "holds":
+        return "rival"
+    if claim.verdict == "fails" and rival.verdict == "fails":
+        return "neither"
+    return "undecided"
 
 
 def conjunction(parts: Sequence[Decision], statistic: str | None = None) -> Decision:

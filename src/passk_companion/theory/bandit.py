@@ -14,8 +14,9 @@ so E_pi[r] is the same function.
 
 `expected_flow` integrates the exact expected updates instead: z <- z + lr grad J(z) for
 J = E_pi[mu] (pass@1's, and on a binary reward every objective's direction: Theorem 3.1) and
-J = max@k of the real reward (pkpo and pkpo_loo's expectation, passk_companion.theory.maxk), with no
-sampling at all. Where the mass goes is read relative to the start (`moved`).
+J = max@k of the real reward (pkpo and pkpo_loo's expectation, passk_companion.theory.maxk) and,
+with `noise_sd`, max@k of the noisy reward (by quadrature over its mixture CDF), with no sampling
+at all. Where the mass goes is read relative to the start (`moved`).
 
 `train` runs every (seed, variant) pair as one row of a (rows, A) logit tensor: each update draws
 a group of n pulls per row, computes the variant's objective weights w (one call per distinct
@@ -288,23 +289,34 @@ def expected_flow(
     means: Tensor | None = None,
     logits0: Tensor | None = None,
     record_every: int = 250,
+    noise_sd: float | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Tensor]]:
     """Deterministic flows of the exact expected updates from the start: z <- z + lr grad J(z),
     one row per J: "E[r]" (E_pi[mu]) and "max@k" of the real reward mu for each k in `ks`
-    (closed-form gradient for E[r], autograd of passk_companion.theory.maxk.max_at_k for max@k).
+    (closed-form gradients, passk_companion.theory.maxk). With `noise_sd` > 0, also
+    "max@k / noisy" for each k: max@k of the noisy reward mu_a + noise_sd N(0, 1) of `train`,
+    by quadrature over the mixture CDF sum_a pi_a Phi((x - mu_a) / noise_sd)
+    (maxk.NoisyQuadrature); pkpo and pkpo_loo on the noisy reward are unbiased for its gradient.
+    The noisy reward has mean mu_a, so its E[r] flow is the "E[r]" row.
     Returns the history (step, flow, metrics) and the final logits of each flow."""
-    from passk_companion.theory.maxk import grad_expected_reward, grad_max_at_k
+    from passk_companion.theory.maxk import NoisyQuadrature, grad_expected_reward, grad_max_at_k
 
     if not validation.is_integer(steps) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if noise_sd is not None and not (math.isfinite(noise_sd) and noise_sd > 0):
+        raise ValueError(f"noise_sd must be a finite number > 0 (or None), got {noise_sd!r}")
     means = arm_means() if means is None else means.to(torch.float64)
     logits0 = initial_logits(len(means)) if logits0 is None else logits0.to(torch.float64)
     labels = ["E[r]"] + [f"max@{k}" for k in ks]
+    noisy = [f"max@{k} / noisy" for k in ks] if noise_sd is not None else []
+    real_rows = slice(1, len(labels))
+    labels += noisy
     z = logits0.expand(len(labels), -1).clone()
-    table = means.expand_as(z)
+    table = means.expand(len(ks), -1)
     k_row = torch.tensor(ks, dtype=torch.float64)
+    quad = NoisyQuadrature.build(means[None], noise_sd) if noisy else None
     records = []
     for step in range(steps + 1):
         if step % record_every == 0 or step == steps:
@@ -316,8 +328,11 @@ def expected_flow(
             )
         if step == steps:
             break
-        grad = torch.cat(
-            [grad_expected_reward(z[:1], table[:1]), grad_max_at_k(z[1:], table[1:], k_row)]
-        )
-        z = z + lr * grad
+        parts = [
+            grad_expected_reward(z[:1], means[None]),
+            grad_max_at_k(z[real_rows], table, k_row),
+        ]
+        if quad is not None:
+            parts.append(quad.grad(z[real_rows.stop :], k_row))
+        z = z + lr * torch.cat(parts)
     return pd.concat(records, ignore_index=True), dict(zip(labels, z, strict=True))

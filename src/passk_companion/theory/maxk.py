@@ -18,10 +18,22 @@ grad E_pi[r] are collinear exactly when the successive differences of their u ar
 (k d_a F_a^{k-1})_a against (d_a)_a. Every pi_a > 0 makes F_a strictly increasing, so for k >= 2
 this needs at most one nonzero gap d_a: a reward with at most two distinct values, i.e. an affine
 image of a 0/1 verifier (Theorem 3.1). `three_answer_cross_product` states the m = 3 case in SymPy.
+
+Noisy rewards. When a draw of answer a earns mu_a + sigma eps, eps ~ N(0, 1), the reward of one
+draw has the mixture CDF F(x) = sum_a pi_a Phi((x - mu_a) / sigma), and the max of k draws has
+CDF F^k, so max@k = integral of x d[F(x)^k] = hi - integral_lo^hi F(x)^k dx + (tails), with
+[lo, hi] = [min mu - L sigma, max mu + L sigma]. `noisy_max_at_k` computes it by composite
+Gauss-Legendre quadrature (`NoisyQuadrature`, whose `grad` is its gradient in the logits in
+closed form, checked against autograd through the quadrature). This is PKPO's max@k (Walder &
+Karkhanis 2025) of a real reward with noise, beyond arXiv 2511.16231.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import sympy as sp
 import torch
 from torch import Tensor
@@ -35,6 +47,8 @@ __all__ = [
     "grad_expected_reward",
     "max_at_k",
     "grad_max_at_k",
+    "NoisyQuadrature",
+    "noisy_max_at_k",
     "cosine_to_expected_reward",
     "three_answer_cross_product",
 ]
@@ -116,6 +130,102 @@ def grad_max_at_k(logits: Tensor, table: Tensor, k: int | Tensor) -> Tensor:
     u_sorted[:, :-1] = -torch.flip(torch.cumsum(torch.flip(v, [-1]), -1), [-1])
     u = torch.empty_like(u_sorted).scatter_(-1, order, u_sorted)
     return pi * (u - (pi * u).sum(-1, keepdim=True))
+
+
+NOISY_SPAN = 10.0  # [lo, hi] reaches this many noise sd past the extreme means: Phi(-10) < 1e-23
+NOISY_NODES = 16  # Gauss-Legendre nodes per panel of one noise sd
+
+
+@dataclass(frozen=True)
+class NoisyQuadrature:
+    """The policy-free part of the noisy max@k quadrature of one reward table (P, m): the upper end
+    `hi`, the weights w (N,) of the nodes x_n on [lo, hi] (panels of width at most sigma,
+    `nodes_per_sd` Gauss-Legendre nodes each) and cdf[p, n, a] = Phi((x_n - mu_pa) / sigma).
+    It does not depend on the policy, so a flow builds it once; a table of one row serves
+    logits of any number of rows."""
+
+    hi: float
+    weights: Tensor
+    cdf: Tensor
+
+    @classmethod
+    def build(
+        cls, means: Tensor, sigma: float, nodes_per_sd: int = NOISY_NODES
+    ) -> NoisyQuadrature:  # fmt: skip
+        if means.ndim != 2 or not torch.is_floating_point(means):
+            raise ValueError("noisy rewards need a (P, m) table of real means, not a boolean one")
+        if not bool(torch.all(torch.isfinite(means))):
+            raise ValueError("the means must be finite (no NaN or inf)")
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+        if isinstance(nodes_per_sd, bool) or not isinstance(nodes_per_sd, int) or nodes_per_sd < 2:
+            raise ValueError(f"nodes_per_sd must be an integer >= 2, got {nodes_per_sd!r}")
+        lo = float(means.min()) - NOISY_SPAN * sigma
+        hi = float(means.max()) + NOISY_SPAN * sigma
+        panels = math.ceil((hi - lo) / sigma)
+        u, w = np.polynomial.legendre.leggauss(nodes_per_sd)
+        edges = np.linspace(lo, hi, panels + 1)
+        half = (edges[1:] - edges[:-1])[:, None] / 2
+        x = torch.from_numpy((edges[:-1, None] + half * (u[None] + 1)).ravel()).to(means.dtype)
+        weights = torch.from_numpy((half * w[None]).ravel()).to(means.dtype)
+        cdf = torch.special.ndtr((x[None, :, None] - means[:, None, :]) / sigma)  # (P, N, m)
+        return cls(hi, weights, cdf)
+
+    def _k(self, k: int | Tensor, rows: int, dtype: torch.dtype) -> float | Tensor:
+        check_k(k)
+        if isinstance(k, Tensor):
+            if k.shape != (rows,):
+                raise ValueError(f"a k per prompt needs shape ({rows},), got {tuple(k.shape)}")
+            return k.to(dtype)[:, None]
+        return k
+
+    def _check(self, logits: Tensor) -> None:
+        rows, _, m = self.cdf.shape
+        if logits.ndim != 2 or logits.shape[1] != m or rows not in (1, logits.shape[0]):
+            raise ValueError(
+                f"logits must have shape (P, {m}) with P = {rows} (or any P when the table has "
+                f"one row), got {tuple(logits.shape)}"
+            )
+
+    def _mix(self, pi: Tensor) -> Tensor:
+        """F(x_n) per prompt, (P, N)."""
+        return (self.cdf @ pi[:, :, None]).squeeze(-1)
+
+    def value(self, logits: Tensor, k: int | Tensor) -> Tensor:
+        """max@k per prompt, (P,): hi - sum_n w_n F(x_n)^k. Differentiable in logits."""
+        self._check(logits)
+        mix = self._mix(torch.softmax(logits, -1))
+        return self.hi - (self.weights * mix ** self._k(k, len(logits), mix.dtype)).sum(-1)
+
+    def grad(self, logits: Tensor, k: int | Tensor) -> Tensor:
+        """d max@k / d logits, (P, m), in closed form: u_a = -sum_n w_n k F_n^(k-1) Phi_na, the
+        partial derivative in pi_a, through the softmax chain rule pi (u - <pi, u>) (tests check
+        it against autograd of `value`)."""
+        self._check(logits)
+        pi = torch.softmax(logits, -1)
+        mix = self._mix(pi)
+        kk = self._k(k, len(logits), mix.dtype)
+        u = -((self.weights * kk * mix ** (kk - 1))[:, None, :] @ self.cdf).squeeze(1)
+        return pi * (u - (pi * u).sum(-1, keepdim=True))
+
+
+def noisy_max_at_k(
+    logits: Tensor,
+    means: Tensor,
+    sigma: float,
+    k: int | Tensor,
+    *,
+    nodes_per_sd: int = NOISY_NODES,
+) -> Tensor:
+    """E[max of k i.i.d. rewards] per prompt, shape (P,), when a draw of answer a earns
+    means[:, a] + sigma * N(0, 1): hi - integral_lo^hi F(x)^k dx with F the mixture CDF
+    sum_a pi_a Phi((x - mu_a) / sigma) (module docstring), by composite Gauss-Legendre over
+    panels of one sd (:class:`NoisyQuadrature`; its `grad` gives the gradient in the logits).
+    Differentiable in logits. `k` is one k, or a
+    tensor (P,) of one k per prompt. k = 1 gives E_pi[mu]; the tails beyond 10 sd add less than
+    1e-20."""
+    check_table(logits, means)
+    return NoisyQuadrature.build(means, sigma, nodes_per_sd).value(logits, k)
 
 
 def cosine_to_expected_reward(logits: Tensor, table: Tensor, k: int) -> Tensor:
