@@ -13,4 +13,16 @@ Nothing is imported here: the adapters import torch, verl or TRL, and `import pa
 free of all three.
 """
 
-__all__: list[str] = []
+__all__ = ["unfed_need"]
+
+
+def unfed_need(objective: object, trainer: str) -> str | None:
+    """What `objective` (a registry objective or its class) needs that a trainer passing only
+    i.i.d. rollouts and their rewards (verl, TRL) cannot give it, as words after "needs"; None
+    when `trainer` can feed it. The one check both adapters make."""
+    if getattr(objective, "needs_logprobs", False):
+        return f"the log-probability of each rollout, which {trainer} does not pass to it"
+    sampler = getattr(objective, "sampler", "iid")
+    if sampler != "iid":
+        return f"rollouts drawn by the {sampler!r} sampler, but {trainer}'s are i.i.d."
+    return None
