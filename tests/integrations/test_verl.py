@@ -81,6 +81,33 @@ def reference(name: str, data: DataProto, k: int, **params) -> torch.Tensor:
     return out[:, None] * data.batch["response_mask"].to(torch.float64)
 
 
+def queue_batch(data: DataProto):
+    """The batch in verl's TransferQueue as its v1 trainer puts it there (uid, response mask and
+    scores per response, keys `{uid}_{session}_0`): (its KVBatchMeta, the keys)."""
+    import transfer_queue as tq
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    mask = data.batch["response_mask"]
+    rows, keys = [], []
+    for i, uid in enumerate(data.non_tensor_batch["uid"].tolist()):
+        length = int(mask[i].sum())
+        rows.append(
+            {
+                "uid": uid,
+                "response_mask": mask[i, :length].to(torch.int64),
+                "rm_scores": data.batch["token_level_scores"][i, :length],
+            }
+        )
+        keys.append(f"{uid}_{i}_0")
+    meta = tq.kv_batch_put(
+        keys=keys,
+        partition_id="train",
+        fields=list_of_dict_to_tensordict(rows),
+        tags=[{"status": "success"}] * len(keys),
+    )
+    return meta, keys
+
+
 def algo(k: int, **params) -> OmegaConf:
     return OmegaConf.create(
         {"passk_companion": {"k": k, **params}, "norm_adv_by_std_in_grpo": True}
@@ -255,7 +282,6 @@ def test_the_trainer_puts_the_diagnostic_in_the_training_metrics(ray_cluster):
     the registry's, and the step's metrics carry the diagnostic."""
     import transfer_queue as tq
     from verl.trainer.ppo.v1 import get_trainer_cls
-    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
     cfg = verl_config(
         "algorithm.adv_estimator=passk_companion.pkpo_loo",
@@ -268,25 +294,8 @@ def test_the_trainer_puts_the_diagnostic_in_the_training_metrics(ray_cluster):
     trainer = object.__new__(cls)  # _compute_advantage needs only the config and the queue
     trainer.config = cfg
     data = make_batch(BINARY, seed=7)
-    mask = data.batch["response_mask"]
     uids = data.non_tensor_batch["uid"].tolist()
-    rows, keys = [], []
-    for i, uid in enumerate(uids):
-        length = int(mask[i].sum())
-        rows.append(
-            {
-                "uid": uid,
-                "response_mask": mask[i, :length].to(torch.int64),
-                "rm_scores": data.batch["token_level_scores"][i, :length],
-            }
-        )
-        keys.append(f"{uid}_{i}_0")
-    meta = tq.kv_batch_put(
-        keys=keys,
-        partition_id="train",
-        fields=list_of_dict_to_tensordict(rows),
-        tags=[{"status": "success"}] * len(keys),
-    )
+    meta, keys = queue_batch(data)
     metrics: dict = {}
     meta = trainer._compute_advantage(meta, metrics)
     back = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["advantages"])
@@ -308,7 +317,6 @@ def test_a_batch_padded_by_verl_gets_zero_advantage_on_its_padding_rows(ray_clus
     import transfer_queue as tq
     from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
     from verl.trainer.ppo.v1 import get_trainer_cls
-    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
     cfg = verl_config(
         "algorithm.adv_estimator=passk_companion.pkpo_loo",
@@ -319,25 +327,7 @@ def test_a_batch_padded_by_verl_gets_zero_advantage_on_its_padding_rows(ray_clus
     trainer = object.__new__(get_trainer_cls(cfg.trainer.v1.trainer_mode))
     trainer.config = cfg
     data = make_batch(BINARY, seed=3)  # 26 responses
-    mask = data.batch["response_mask"]
-    uids = data.non_tensor_batch["uid"].tolist()
-    rows, keys = [], []
-    for i, uid in enumerate(uids):
-        length = int(mask[i].sum())
-        rows.append(
-            {
-                "uid": uid,
-                "response_mask": mask[i, :length].to(torch.int64),
-                "rm_scores": data.batch["token_level_scores"][i, :length],
-            }
-        )
-        keys.append(f"{uid}_{i}_0")
-    meta = tq.kv_batch_put(
-        keys=keys,
-        partition_id="train",
-        fields=list_of_dict_to_tensordict(rows),
-        tags=[{"status": "success"}] * len(keys),
-    )
+    meta, keys = queue_batch(data)
     meta = upsample_batch_to_divisible_size(meta, batch_multiple=28, eos_token_id=0)
     assert len(meta.keys) == 28  # 2 padding rows, fewer than k = 4
     metrics: dict = {}
