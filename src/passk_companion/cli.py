@@ -117,7 +117,7 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
         "--max-trials", type=_positive_int, default=None, help="allow grids of more trials"
     )
 
-    from passk_companion.integrations.diagnose import add_arguments as diagnose_arguments
+    from passk_companion.integrations.rollout_logs import add_arguments as diagnose_arguments
 
     diagnose_arguments(sub.add_parser("diagnose", help="pass@k diagnostic of a log of rollouts"))
 
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "diagnose":
-            from passk_companion.integrations.diagnose import main as diagnose
+            from passk_companion.integrations.rollout_logs import main as diagnose
 
             return diagnose(args)
         if args.command in ("reproduce", "execute"):
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare-claims":
             return _compare_claims(args)
         from passk_companion.files import writable_dir
-        from passk_companion.repro import results_dir
+        from passk_companion.runtime import results_dir
 
         if args.results:  # an existing folder of one's own, never / or /etc
             results = writable_dir(args.results, "--results", create=False)

@@ -407,12 +407,12 @@ def test_bad_input_is_one_line_naming_file_column_and_row(tmp_path, capsys):
 
 
 def test_progress_bar_on_large_files(tmp_path, capsys, monkeypatch):
-    from passk_companion.integrations import diagnose
+    from passk_companion.integrations import rollout_logs
 
     path = tmp_path / "r.csv"
     rollout_table().to_csv(path, index=False)
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    monkeypatch.setattr(diagnose, "PROGRESS_BYTES", 1)  # every file counts as large
+    monkeypatch.setattr(rollout_logs, "PROGRESS_BYTES", 1)  # every file counts as large
     assert run_cli(path, "--format", "json", "--resamples", "10") == 0
     assert "r.csv" in capsys.readouterr().err
     assert run_cli(path, "--format", "json", "--resamples", "10", "--quiet") == 0

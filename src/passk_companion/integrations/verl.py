@@ -63,8 +63,8 @@ from verl.trainer.ppo import core_algos
 
 from passk_companion import objectives
 from passk_companion.integrations import unfed_need
-from passk_companion.integrations.diagnose import final_outputs
 from passk_companion.integrations.diagnostics import default_ks, diagnose, group_codes, size_buckets
+from passk_companion.integrations.rollout_logs import final_outputs
 
 __all__ = [
     "PREFIX",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from passk_companion import cli
-from passk_companion.integrations import diagnose
+from passk_companion.integrations import rollout_logs
 
 
 def run(capsys, *argv):
@@ -83,7 +83,7 @@ def test_a_non_finite_step_is_refused_and_json_is_strict(tmp_path, capsys):
     path.write_text("step,prompt_id,reward\n1,a,1\n1,a,0\ninf,a,1\ninf,a,1\n")
     rc, out, err = run(capsys, path, "--format", "json")
     assert rc == 2 and "column 'step', row 3" in err and "not a finite step" in err
-    assert diagnose.as_json({"x": float("inf"), "y": [float("nan"), 1.0]}) == (
+    assert rollout_logs.as_json({"x": float("inf"), "y": [float("nan"), 1.0]}) == (
         '{\n "x": null,\n "y": [\n  null,\n  1.0\n ]\n}'
     )
 
@@ -122,10 +122,10 @@ def test_hostile_files_are_one_line(tmp_path, capsys, name, content, message):
 
 
 def test_what_is_read_is_bounded_before_it_is_read(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(diagnose, "MAX_ROWS", 5)
+    monkeypatch.setattr(rollout_logs, "MAX_ROWS", 5)
     path = tmp_path / "big.csv"
     path.write_text("prompt_id,reward\n" + "a,1\n" * 12)
-    monkeypatch.setattr(diagnose, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(rollout_logs, "CHUNK_ROWS", 4)
     rc, _, err = run(capsys, path)
     assert rc == 2 and "more than 5 rollouts" in err
     rc, _, err = run(capsys, path, "--resamples", "300000000")

@@ -1,0 +1,17 @@
+"""passk_companion.runtime: paths as stored outputs print them."""
+
+from passk_companion import runtime
+
+
+def test_paths_inside_the_checkout_are_shown_relative_to_it(tmp_path):
+    root = runtime.repo_root()
+    assert runtime.shown_path(root / "params" / "preregistered" / "04.yaml") == (
+        "params/preregistered/04.yaml"
+    )
+    assert runtime.shown_path(tmp_path / "mine.yaml") == str(tmp_path / "mine.yaml")
+
+
+def test_the_model_modules_alias_is_runtime_itself():
+    from passk_companion import repro
+
+    assert all(getattr(repro, name) is getattr(runtime, name) for name in runtime.__all__)
