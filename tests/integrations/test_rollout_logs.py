@@ -112,6 +112,7 @@ def test_k_above_some_groups_with_a_step_column_runs(tmp_path, capsys):
     [
         ("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
         ("bigint.csv", "prompt_id,reward\na,1" + "0" * 400 + "\na,0\nb,1\nb,1\n", "row 1"),
+        ("twice.csv", "prompt_id,reward,reward\na,1,0\na,0,1\n", "named more than once"),
     ],
 )
 def test_hostile_files_are_one_line(tmp_path, capsys, name, content, message):

@@ -30,6 +30,7 @@ figures and summary.json there. Bad input gets one line naming the file, the col
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -114,6 +115,11 @@ def _header(path: Path) -> list[str]:
     kind = SUFFIXES[path.suffix.lower()]
     try:
         if kind == "csv":
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                names = next(csv.reader(f), [])
+            repeated = sorted({c for c in names if names.count(c) > 1})
+            if repeated:
+                raise ValueError(f"{path}: column {repeated[0]!r} is named more than once")
             return list(pd.read_csv(path, nrows=0).columns)
         if kind == "parquet":
             import pyarrow.parquet as pq
