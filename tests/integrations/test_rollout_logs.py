@@ -88,6 +88,20 @@ def test_a_non_finite_step_is_refused_and_json_is_strict(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_a_byte_order_mark_is_read_as_in_a_csv(tmp_path, capsys, suffix):
+    path = tmp_path / f"bom.{suffix}"
+    rows = [("a", 1), ("a", 0), ("b", 1), ("b", 1)]
+    if suffix == "csv":
+        body = "prompt_id,reward\n" + "".join(f"{p},{r}\n" for p, r in rows)
+    else:
+        body = "".join(json.dumps({"prompt_id": p, "reward": r}) + "\n" for p, r in rows)
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    rc, out, err = run(capsys, path, "--format", "json", "--resamples", "20")
+    assert rc == 0, err
+    assert json.loads(out)["n_prompts"] == 2
+
+
 def test_diagnose_dir_out_dir_runs_twice(tmp_path, capsys):
     folder = tmp_path / "logs"
     folder.mkdir()

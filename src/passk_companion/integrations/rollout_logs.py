@@ -188,6 +188,8 @@ def _read(
                     bar.update(int(batch.num_rows * per_row))
             else:
                 with path.open("rb") as f:
+                    if f.read(3) != b"\xef\xbb\xbf":  # a UTF-8 byte-order mark is skipped
+                        f.seek(0)
                     if kind == "csv":
                         dtype = {c: str for c in text if c in columns}
                         reader = pd.read_csv(
