@@ -355,6 +355,8 @@ def _float(value: Any) -> float:
 
 def _ids(values: pd.Series) -> np.ndarray:
     """Prompt ids as text: ``1`` and ``1.0`` (or ``7`` and ``007``) are different prompts."""
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":  # a CSV's ids: no copy
+        return values.to_numpy(dtype=object)
     arr = _labels(values)
     return np.array([v if isinstance(v, str) else str(v) for v in arr.tolist()], dtype=object)
 
