@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from passk_companion import cli, repro
+from passk_companion import cli, runtime
 
 
 def _companion(*args, env=None, timeout=60, memory=3 * 2**30):
@@ -54,7 +54,7 @@ def test_companion_results_set_to_a_file_is_one_line(tmp_path, monkeypatch):
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     monkeypatch.setenv("PASSK_COMPANION_RESULTS", str(afile))
     with pytest.raises(ValueError, match="PASSK_COMPANION_RESULTS"):
-        repro.results_dir()  # what a notebook calls
+        runtime.results_dir()  # what a notebook calls
     assert afile.read_text() == "x"
 
 
@@ -94,7 +94,7 @@ def test_a_planted_lock_link_is_refused_by_the_sweep(tmp_path, capsys, planted_l
 def test_resume_keeps_the_trials_of_notebooks_that_run_sweeps_only():
     from passk_companion import reproduce
 
-    root = repro.repo_root()
+    root = runtime.repo_root()
     nb04 = next((root / "notebooks").glob("04_*.ipynb"))
     nb01 = next((root / "notebooks").glob("01_*.ipynb"))
     assert reproduce.RESUME_PARAMETER not in reproduce._params("full", nb04, root)

@@ -1,7 +1,7 @@
 """The layout's rules, read from the imports of every module (ast) and checked in a fresh process.
 
 The layer table (MAY_IMPORT): the shell's utilities (files, processes, validation, profiles,
-repro) import no part; the objectives import only the shell; the evidence imports only the shell,
+runtime) import no part; the objectives import only the shell; the evidence imports only the shell,
 and never torch; the theory imports the objectives and the evidence, never the model or the
 integrations; the model imports every part but the integrations; the integrations import every
 part but the model; the commands (cli, reproduce, lab) may import anything. `import
@@ -42,7 +42,7 @@ MODULES = sorted(SRC.rglob("*.py"))
 
 # The layer table. A unit is a part (a subpackage) or one of the two halves of the shell: its
 # utilities (below every part: the parts use them) and its commands (above everything).
-SHELL = ("files", "processes", "validation", "profiles", "repro")
+SHELL = ("files", "processes", "validation", "profiles", "runtime")
 COMMANDS = ("cli", "__main__", "reproduce", "lab")
 PARTS = ("objectives", "theory", "model", "evidence", "integrations")
 MAY_IMPORT = {  # unit -> the units its modules may import (besides their own)

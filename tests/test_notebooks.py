@@ -195,11 +195,12 @@ def test_bad_parameters_fail_in_the_validation_cell(tmp_path, prefix, params, me
 
 
 def test_progress_bars_stay_out_of_outputs_under_tqdm_disable(tmp_path, monkeypatch):
-    """tqdm.auto's notebook bar ignores TQDM_DISABLE; passk_companion.repro.progress honours it."""
+    """tqdm.auto's notebook bar ignores TQDM_DISABLE; passk_companion.runtime.progress honours
+    it."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(
-            "from passk_companion.repro import progress\n"
+            "from passk_companion.runtime import progress\n"
             "for _ in progress(range(3), desc='x'):\n    pass"
         ),
         nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(3)):\n    pass"),

@@ -9,7 +9,7 @@ Three parts and a thin shell:
 * ``passk_companion.evidence``: verdicts, claims, reports and the site (no torch);
 * ``passk_companion.objectives``: the registry of objective variants every part uses;
 * ``passk_companion.integrations``: adapters into verl and TRL, and the pass@k diagnostic;
-* the shell: files (atomic writes, locks), repro (threads, seeds, paths), profiles, validation,
+* the shell: files (atomic writes, locks), runtime (threads, seeds, paths), profiles, validation,
   reproduce (make targets), lab, cli.
 
 Importing ``passk_companion`` loads no torch: the names below are imported when first used.

@@ -128,7 +128,7 @@ def _parser(light_only: bool = False) -> argparse.ArgumentParser:
     )
     _import_argument(s)
 
-    from passk_companion.integrations.diagnose import add_arguments as diagnose_arguments
+    from passk_companion.integrations.rollout_logs import add_arguments as diagnose_arguments
 
     diagnose_arguments(sub.add_parser("diagnose", help="pass@k diagnostic of a log of rollouts"))
 
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "diagnose":
-            from passk_companion.integrations.diagnose import main as diagnose
+            from passk_companion.integrations.rollout_logs import main as diagnose
 
             return diagnose(args)
         if args.command in ("reproduce", "execute"):
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             print(write_tables(), end="")
             return 0
         from passk_companion.files import writable_dir
-        from passk_companion.repro import results_dir
+        from passk_companion.runtime import results_dir
 
         if args.results:  # an existing folder of one's own, never / or /etc
             results = writable_dir(args.results, "--results", create=False)

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from passk_companion.repro import notebooks_dir
+from passk_companion.runtime import notebooks_dir
 
 __all__ = [
     "KERNEL_NAME",

@@ -144,9 +144,13 @@ class Reaper:
 
 
 def _watch(command: int) -> None:
-    """The reaper's loop (see :class:`Reaper`)."""
+    """The reaper's loop (see :class:`Reaper`). A scan that ends after the command died may
+    already see its children reparented (to init), so it never replaces the last snapshot taken
+    while the command lived: it is added to it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     me = os.getpid()
+    fields = _stat(command)
+    started = fields[19] if fields is not None else None  # a reused pid is not the command
     before = descendants(command)  # what the command ran before the reaper: not the reaper's
     snapshot: dict[int, str] = {}
     while True:
@@ -155,9 +159,13 @@ def _watch(command: int) -> None:
             if sys.stdin.buffer.readline() == b"done\n":
                 return  # a goodbye: the command ended its processes itself
             break  # the pipe closed without one: the command died
-        if not alive(command):
+        if not alive(command, started):
             break
-        snapshot = {p: s for p, s in descendants(command).items() if p != me and before.get(p) != s}
+        scan = {p: s for p, s in descendants(command).items() if p != me and before.get(p) != s}
+        if not alive(command, started):
+            snapshot.update(scan)  # the command died during the scan: keep what it had
+            break
+        snapshot = scan
     end(snapshot)
 
 

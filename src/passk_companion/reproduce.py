@@ -35,7 +35,7 @@ from passk_companion.files import (
     temporary,
     writable_dir,
 )
-from passk_companion.repro import notebooks_dir
+from passk_companion.runtime import notebooks_dir
 
 __all__ = [
     "select",

@@ -407,13 +407,28 @@ def test_bad_input_is_one_line_naming_file_column_and_row(tmp_path, capsys):
 
 
 def test_progress_bar_on_large_files(tmp_path, capsys, monkeypatch):
-    from passk_companion.integrations import diagnose
+    from passk_companion.integrations import rollout_logs
 
     path = tmp_path / "r.csv"
     rollout_table().to_csv(path, index=False)
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    monkeypatch.setattr(diagnose, "PROGRESS_BYTES", 1)  # every file counts as large
+    monkeypatch.setattr(rollout_logs, "PROGRESS_BYTES", 1)  # every file counts as large
     assert run_cli(path, "--format", "json", "--resamples", "10") == 0
     assert "r.csv" in capsys.readouterr().err
     assert run_cli(path, "--format", "json", "--resamples", "10", "--quiet") == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_bootstrap_of_merged_rows_is_chunked(monkeypatch):
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    table = np.round(rng.random((60_000, 1)), 3)  # about 1000 distinct rows, merged
+    whole = dg.bootstrap_means(table, resamples=400, seed=3)
+    monkeypatch.setattr(dg, "_BOOT_ELEMENTS", 1 << 12)
+    tracemalloc.start()
+    chunked = dg.bootstrap_means(table, resamples=400, seed=3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(chunked, whole)  # the same draws, in pieces
+    assert peak < 8 * 400 * 1000  # less than one (resamples x distinct rows) float array

@@ -185,8 +185,9 @@ def test_grpo_through_the_subclass_is_trls_own_grpo(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"objective": "unlikeliness", "k": 2}, "needs per-rollout log-probabilities"),
-        ({"objective": "swor_ordered", "k": 2}, "needs per-rollout log-probabilities"),
+        ({"objective": "unlikeliness", "k": 2}, "needs the log-probability of each rollout"),
+        ({"objective": "swor_ordered", "k": 2}, "needs the log-probability of each rollout"),
+        ({"objective": "pkpo_loo", "k": 2, "metric_ks": [0, -1, 100]}, "metric_ks must be"),
         ({"objective": "pkpo_loo", "k": 16}, "num_generations = 8 is below k = 16"),
         ({"objective": "pkpo_loo", "k": 0}, "k must be an integer >= 1"),
     ],
@@ -202,6 +203,20 @@ def test_refusals_are_one_line(tmp_path, kwargs, message):
             **kwargs,
         )
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("scale", ["none", "batch"])
+def test_a_scale_rewards_the_trainer_does_not_use_is_named_in_a_warning(tmp_path, scale):
+    with pytest.warns(UserWarning, match=f"scale_rewards='{scale}' is not used"):
+        PassKGRPOTrainer(
+            model=tiny_gpt2(),
+            reward_funcs=contains_b,
+            args=config(tmp_path, scale_rewards=scale),
+            train_dataset=dataset(),
+            processing_class=tokenizer(),
+            objective="pkpo_loo",
+            k=2,
+        )
 
 
 def test_companion_diagnose_reads_the_completions_log_trl_wrote(pkpo_run, capsys):

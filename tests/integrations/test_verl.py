@@ -82,6 +82,33 @@ def reference(name: str, data: DataProto, k: int, **params) -> torch.Tensor:
     return out[:, None] * data.batch["response_mask"].to(torch.float64)
 
 
+def queue_batch(data: DataProto):
+    """The batch in verl's TransferQueue as its v1 trainer puts it there (uid, response mask and
+    scores per response, keys `{uid}_{session}_0`): (its KVBatchMeta, the keys)."""
+    import transfer_queue as tq
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    mask = data.batch["response_mask"]
+    rows, keys = [], []
+    for i, uid in enumerate(data.non_tensor_batch["uid"].tolist()):
+        length = int(mask[i].sum())
+        rows.append(
+            {
+                "uid": uid,
+                "response_mask": mask[i, :length].to(torch.int64),
+                "rm_scores": data.batch["token_level_scores"][i, :length],
+            }
+        )
+        keys.append(f"{uid}_{i}_0")
+    meta = tq.kv_batch_put(
+        keys=keys,
+        partition_id="train",
+        fields=list_of_dict_to_tensordict(rows),
+        tags=[{"status": "success"}] * len(keys),
+    )
+    return meta, keys
+
+
 def algo(k: int, **params) -> OmegaConf:
     return OmegaConf.create(
         {"passk_companion": {"k": k, **params}, "norm_adv_by_std_in_grpo": True}
@@ -256,7 +283,6 @@ def test_the_trainer_puts_the_diagnostic_in_the_training_metrics(ray_cluster):
     the registry's, and the step's metrics carry the diagnostic."""
     import transfer_queue as tq
     from verl.trainer.ppo.v1 import get_trainer_cls
-    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
     cfg = verl_config(
         "algorithm.adv_estimator=passk_companion.pkpo_loo",
@@ -269,25 +295,8 @@ def test_the_trainer_puts_the_diagnostic_in_the_training_metrics(ray_cluster):
     trainer = object.__new__(cls)  # _compute_advantage needs only the config and the queue
     trainer.config = cfg
     data = make_batch(BINARY, seed=7)
-    mask = data.batch["response_mask"]
     uids = data.non_tensor_batch["uid"].tolist()
-    rows, keys = [], []
-    for i, uid in enumerate(uids):
-        length = int(mask[i].sum())
-        rows.append(
-            {
-                "uid": uid,
-                "response_mask": mask[i, :length].to(torch.int64),
-                "rm_scores": data.batch["token_level_scores"][i, :length],
-            }
-        )
-        keys.append(f"{uid}_{i}_0")
-    meta = tq.kv_batch_put(
-        keys=keys,
-        partition_id="train",
-        fields=list_of_dict_to_tensordict(rows),
-        tags=[{"status": "success"}] * len(keys),
-    )
+    meta, keys = queue_batch(data)
     metrics: dict = {}
     meta = trainer._compute_advantage(meta, metrics)
     back = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["advantages"])
@@ -300,6 +309,59 @@ def test_the_trainer_puts_the_diagnostic_in_the_training_metrics(ray_cluster):
     assert metrics["passk_companion/situation_I_share"] == pytest.approx(0.25)
     assert metrics["passk_companion/pass@8"] == pytest.approx(np.mean([1.0, 1.0]))  # n = 8 groups
     tq.kv_clear(keys=keys, partition_id="train")
+
+
+def test_a_batch_padded_by_verl_gets_zero_advantage_on_its_padding_rows(ray_cluster):
+    """verl's `upsample_batch_to_divisible_size` appends padding rows (one uid, an all-zero
+    response mask), here fewer than k: they get advantage 0, and every real row keeps the
+    registry's advantage."""
+    import transfer_queue as tq
+    from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    cfg = verl_config(
+        "algorithm.adv_estimator=passk_companion.pkpo_loo",
+        "+algorithm.passk_companion.k=4",
+        "actor_rollout_ref.rollout.n=8",
+        "trainer.v1.trainer_mode=passk_companion",
+    )
+    trainer = object.__new__(get_trainer_cls(cfg.trainer.v1.trainer_mode))
+    trainer.config = cfg
+    data = make_batch(BINARY, seed=3)  # 26 responses
+    meta, keys = queue_batch(data)
+    meta = upsample_batch_to_divisible_size(meta, batch_multiple=28, eos_token_id=0)
+    assert len(meta.keys) == 28  # 2 padding rows, fewer than k = 4
+    metrics: dict = {}
+    meta = trainer._compute_advantage(meta, metrics)
+    back = tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=["advantages"])
+    adv = back["advantages"].to_padded_tensor(0.0).double()
+    assert bool((adv[len(keys) :] == 0).all())
+    want = reference("pkpo_loo", data, 4)[:, : adv.shape[1]]
+    torch.testing.assert_close(adv[: len(keys), : want.shape[1]], want, rtol=1e-6, atol=1e-6)
+    assert metrics["passk_companion/pass@8"] == pytest.approx(1.0)  # the padding is not a prompt
+    tq.kv_clear(keys=meta.keys, partition_id="train")
+
+
+def test_the_metrics_hooks_skip_what_they_cannot_use(caplog):
+    """A group of one and a non-finite score are left out with a warning, never raised."""
+    with caplog.at_level("WARNING"):
+        got = plugin.train_metrics(["a", "a", "b"], [1.0, 0.0, 1.0])
+        assert got["passk_companion/pass@1"] == 0.5
+        got = plugin.train_metrics(["a", "a", "b", "b"], [1.0, 0.0, 1.0, float("inf")])
+        assert got["passk_companion/pass@2"] == 1.0
+        val = plugin.validation_metrics(
+            ["s"] * 5, ["u", "u", "u", "v", "v"], [1.0, 0.0, None, 0.0, np.nan]
+        )
+        assert val["val-aux/s/passk_companion/pass@1"] == 0.25  # u: 1 of 2, v: 0 of 1
+        assert val["val-core/s/passk_companion/pass@2"] == 1.0
+    assert "not finite" in caplog.text and "groups of one" in caplog.text
+
+
+def test_advantages_beyond_float32_are_one_line_not_infinite():
+    data = make_batch([[3e38, -3e38], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="overflows float32: rescale the rewards") as err:
+        compute_advantage(data, adv_estimator="passk_companion.pass1_reinforce", config=algo(1))
+    assert "\n" not in str(err.value)
 
 
 def test_validation_metrics_the_issue_example():

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from passk_companion.evidence.verdicts import FRAGILE_SE, KINDS, MIN_SEEDS, VERDICTS, Decision
 from passk_companion.files import atomic_write_text, file_lock
-from passk_companion.repro import results_dir
+from passk_companion.runtime import results_dir
 
 __all__ = [
     "Claim",

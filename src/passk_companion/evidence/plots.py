@@ -9,7 +9,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from passk_companion.files import atomic_write
-from passk_companion.repro import results_dir
+from passk_companion.runtime import results_dir
 
 __all__ = ["style", "savefig"]
 

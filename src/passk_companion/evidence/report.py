@@ -21,7 +21,7 @@ from pathlib import Path
 from passk_companion.evidence.claims import Claim, read, read_all
 from passk_companion.evidence.verdicts import KINDS, VERDICTS
 from passk_companion.files import atomic_write_text
-from passk_companion.repro import repo_root, results_dir
+from passk_companion.runtime import repo_root, results_dir
 
 __all__ = [
     "summary",

@@ -49,7 +49,7 @@ from passk_companion.files import (
     own_folder,
     writable_dir,
 )
-from passk_companion.repro import repo_root
+from passk_companion.runtime import repo_root
 
 __all__ = [
     "build_site",

@@ -7,7 +7,8 @@ step and an answer. Groups may be ragged (n_g rollouts in group g). Notation of 
 Per group g, with n_g rollouts of which c_g are correct (0/1 rewards):
 
     pass@k  rho(n_g, c_g, k) = 1 - C(n_g - c_g, k) / C(n_g, k)      (Chen et al. 2021), k <= n_g,
-            the unbiased estimate of J_k (`passk_companion.theory.passk.pass_at_k_unbiased`);
+            the unbiased estimate of J_k
+            (`passk_companion.objectives.estimators.pass_at_k_unbiased`);
     J_1     c_g / n_g, the unbiased estimate of J_1 (= rho(n_g, c_g, 1));
     alpha_k k (1 - J_1)^(k - 1) at that estimate: the per-prompt factor of Theorem 3.1,
             grad J_k = alpha_k grad J_1 (`passk_companion.theory.passk.alpha_k`);
@@ -122,8 +123,9 @@ def bootstrap_means(
     a Multinomial(G, 1/G, ..., 1/G) count vector, and the means are matrix products of counts.
     Rows that repeat (0/1 rewards give at most n + 1 distinct rows per group size) are merged
     first: the counts of U distinct rows are Multinomial(G, m_1/G, ..., m_U/G) for their
-    multiplicities m_u, the same law, drawn in O(resamples x U). Otherwise the rows are drawn
-    (`rng.integers(0, G, (resamples, G))`, chunked) and counted."""
+    multiplicities m_u, the same law, drawn in O(resamples x U) time, in chunks of resamples that
+    bound the memory. Otherwise the rows are drawn (`rng.integers(0, G, (resamples, G))`, chunked)
+    and counted."""
     table = np.asarray(table, dtype=np.float64)
     if table.ndim != 2 or table.shape[0] < 1:
         raise ValueError(f"table must be (groups, columns) with groups >= 1, got {table.shape}")
@@ -137,10 +139,14 @@ def bootstrap_means(
     rng = np.random.default_rng(seed)
     rows, multiplicity = np.unique(np.hstack([values, defined]), axis=0, return_counts=True)
     if 2 * rows.shape[0] <= groups:
-        counts = rng.multinomial(groups, multiplicity / groups, size=resamples).astype(float)
         half = table.shape[1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = (counts @ rows[:, :half]) / (counts @ rows[:, half:])
+        chunk = max(1, min(resamples, _BOOT_ELEMENTS // rows.shape[0]))
+        means = np.empty((resamples, half))
+        for start in range(0, resamples, chunk):  # (chunk x U) counts at a time
+            size = min(chunk, resamples - start)
+            counts = rng.multinomial(groups, multiplicity / groups, size=size).astype(float)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means[start : start + size] = (counts @ rows[:, :half]) / (counts @ rows[:, half:])
     else:
         chunk = max(1, min(resamples, _BOOT_ELEMENTS // groups))
         means = np.empty((resamples, table.shape[1]))

@@ -16,7 +16,8 @@ weighted sum, the same (B_global / n, n) groups and the same process slice, it s
 
 the scaling convention of the verl plugin: GRPO's weights are A_i / n, so `objective="grpo"`
 gives TRL's own advantages with `scale_rewards="group"`, `"dr_grpo"` those of `"none"`
-(benchmarks/peer_trl.py checks both). `scale_rewards` is therefore not used. The completions log
+(benchmarks/peer_trl.py checks both). `scale_rewards` is therefore not used, and a value other
+than its default "group" is named in a warning at construction. The completions log
 (`log_completions=True`) shows these advantages. The diagnostic of each generation batch (all
 processes' rewards) goes into TRL's metrics as `passk/pass@k` for k = 1, 2, 4, ..., n and the
 objective's k, `passk/gap@k`, `passk/alpha@k/mean`, `passk/situation_I_share`, ... and reaches
@@ -27,11 +28,13 @@ Refused at construction, with one line: an objective that needs per-rollout log-
 (or num_generations_eval), and `multi_objective_aggregation="normalize_then_sum"` (it normalises
 the rewards before summing them, so the objective would not see them). During training a
 completion with no reward (every reward function returned None) is an error, and a `binary_only`
-objective refuses rewards that are not 0/1.
+objective refuses rewards that are not 0/1. `metric_ks` that are not integers >= 1 are refused at
+construction.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from typing import Any
 
@@ -40,11 +43,13 @@ import torch
 from trl import GRPOTrainer
 
 from passk_companion import objectives, validation
+from passk_companion.integrations import unfed_need
 from passk_companion.integrations.diagnostics import default_ks, diagnose
 
 __all__ = ["PassKGRPOTrainer", "METRIC_PREFIX"]
 
 METRIC_PREFIX = "passk/"
+SCALE_REWARDS_DEFAULT = "group"  # GRPOConfig's default: anything else is named in a warning
 
 
 class PassKGRPOTrainer(GRPOTrainer):
@@ -62,16 +67,30 @@ class PassKGRPOTrainer(GRPOTrainer):
         **kwargs: Any,
     ) -> None:
         obj = objectives.get(objective, **(objective_params or {}))
-        if obj.needs_logprobs or obj.sampler != "iid":
-            need = (
-                "per-rollout log-probabilities"
-                if obj.needs_logprobs
-                else f"rollouts drawn by the {obj.sampler!r} sampler (TRL's are i.i.d.)"
-            )
+        need = unfed_need(obj, "TRL")
+        if need is not None:
             raise ValueError(f"PassKGRPOTrainer: objective {objective!r} needs {need}")
         if not validation.is_integer(k) or k < 1:
             raise ValueError(f"PassKGRPOTrainer: k must be an integer >= 1, got {k!r}")
+        if metric_ks is not None and (
+            not isinstance(metric_ks, (list, tuple))
+            or not metric_ks
+            or any(isinstance(q, bool) or not isinstance(q, int) or q < 1 for q in metric_ks)
+        ):
+            raise ValueError(
+                f"PassKGRPOTrainer: metric_ks must be a non-empty list of integers >= 1, got "
+                f"{metric_ks!r}"
+            )
         super().__init__(*args, **kwargs)
+        scale = getattr(self.args, "scale_rewards", SCALE_REWARDS_DEFAULT)
+        if scale != SCALE_REWARDS_DEFAULT:
+            warnings.warn(
+                f"PassKGRPOTrainer: scale_rewards={scale!r} is not used: the advantages are n x "
+                f"the weights of {obj.name!r} (objective='grpo' is scale_rewards='group', "
+                "'dr_grpo' is 'none')",
+                UserWarning,
+                stacklevel=2,
+            )
         for what, n in (
             ("num_generations", self.num_generations),
             ("num_generations_eval", self.num_generations_eval),

@@ -62,8 +62,9 @@ from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo import core_algos
 
 from passk_companion import objectives, validation
-from passk_companion.integrations.diagnose import final_outputs
+from passk_companion.integrations import unfed_need
 from passk_companion.integrations.diagnostics import default_ks, diagnose, group_codes, size_buckets
+from passk_companion.integrations.rollout_logs import final_outputs
 
 __all__ = [
     "PREFIX",
@@ -134,13 +135,8 @@ def settings(config: Any, objective: str) -> tuple[int, dict[str, Any]]:
 
 def _objective(objective: str, params: dict[str, Any]) -> objectives.Objective:
     name = estimator_name(objective)
-    cls_obj = objectives.get(objective)  # raises for an unknown name
-    if cls_obj.needs_logprobs or cls_obj.sampler != "iid":
-        need = (
-            "the log-probability of each rollout, which verl does not pass to an estimator"
-            if cls_obj.needs_logprobs
-            else f"rollouts drawn by the {cls_obj.sampler!r} sampler, but verl's are i.i.d."
-        )
+    need = unfed_need(objectives.get(objective), "verl")  # raises for an unknown name
+    if need is not None:
         raise ValueError(f"{name} is not supported in verl: it needs {need}")
     try:
         return objectives.get(objective, **params)
@@ -189,10 +185,25 @@ def group_advantages(
     return out.to(scores.device)
 
 
+def _cast(advantages: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """`advantages` (float64) in verl's dtype; ValueError in one line when one does not fit it
+    (finite rewards near the dtype's limit give advantages beyond it)."""
+    out = advantages.to(dtype)
+    if not bool(torch.isfinite(out).all()):
+        row = int(torch.nonzero(~torch.isfinite(out))[0])
+        raise ValueError(
+            f"{name}: the advantage of response {row} ({float(advantages[row]):.6g}) overflows "
+            f"{str(dtype).removeprefix('torch.')}: rescale the rewards"
+        )
+    return out
+
+
 def make_estimator(objective: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """The verl advantage estimator of one registry objective (verl's estimator contract:
     token_level_rewards and response_mask (bs, L), index the uids, config the algorithm
-    section; returns (advantages, returns), both (bs, L))."""
+    section; returns (advantages, returns), both (bs, L)). A response whose mask is all zero (a
+    padding row of verl's `upsample_batch_to_divisible_size`) gets advantage 0 and does not count
+    in its uid's group."""
 
     def estimator(
         token_level_rewards: torch.Tensor,
@@ -207,7 +218,18 @@ def make_estimator(objective: str) -> Callable[..., tuple[torch.Tensor, torch.Te
         obj = _objective(objective, params)
         with torch.no_grad():
             scores = token_level_rewards.sum(dim=-1)
-            adv = group_advantages(obj, scores, index, k).to(token_level_rewards.dtype)
+            live = (response_mask != 0).any(dim=-1)  # padding rows have an all-zero mask
+            wide = torch.zeros(scores.shape[0], dtype=torch.float64, device=scores.device)
+            if bool(live.any()):
+                uids = np.asarray(index, dtype=object)
+                if uids.shape[0] != scores.shape[0]:
+                    raise ValueError(
+                        f"{estimator_name(objective)}: {uids.shape[0]} uids for "
+                        f"{scores.shape[0]} responses"
+                    )
+                rows = live.cpu().numpy()
+                wide[live] = group_advantages(obj, scores[live], uids[rows], k)
+            adv = _cast(wide, token_level_rewards.dtype, estimator_name(objective))
             adv = adv.unsqueeze(-1) * response_mask
         return adv, adv
 
@@ -248,32 +270,85 @@ def _ks(config: Any, n_max: int) -> list[int]:
     return sorted(ks)
 
 
+def _usable(
+    uids: Any, rewards: Any, what: str, min_group: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows a diagnostic can use: a finite reward (None and NaN are not) in a group of at
+    least `min_group` such rows. What is left out is logged as a warning, never raised: a metric
+    must not stop a training run."""
+    uids = np.asarray(uids, dtype=object)
+    values = np.array([np.nan if r is None else r for r in rewards], dtype=object)
+    try:
+        values = values.astype(np.float64)
+    except (TypeError, ValueError, OverflowError):
+        values = np.array([_float_or_nan(r) for r in values], dtype=np.float64)
+    if uids.shape[0] != values.shape[0]:
+        _log.warning("passk_companion: %s: %d uids for %d rewards; no diagnostic", what,
+                     uids.shape[0], values.shape[0])  # fmt: skip
+        return uids[:0], values[:0]
+    finite = np.isfinite(values)
+    codes = group_codes(uids, "uid")[0] if uids.size else np.zeros(0, dtype=np.int64)
+    sizes = np.bincount(codes[finite], minlength=int(codes.max(initial=-1)) + 1)
+    keep = finite & (sizes[codes] >= min_group) if codes.size else finite
+    if not finite.all():
+        _log.warning("passk_companion: %s: %d reward(s) not finite, left out of the diagnostic",
+                     what, int((~finite).sum()))  # fmt: skip
+    singles = int((finite & ~keep).sum())
+    if singles:
+        _log.warning("passk_companion: %s: %d rollout(s) in groups of one, left out of the "
+                     "diagnostic", what, singles)  # fmt: skip
+    return uids[keep], values[keep]
+
+
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return float("nan")
+
+
 def train_metrics(uids: Any, scores: Any, config: Any = None) -> dict[str, float]:
     """The diagnostic of one training batch as flat metrics `passk_companion/...`: pass@k at
-    k = 1, 2, 4, ..., n and the configured k, the gap, alpha_k, the shares."""
-    uids = np.asarray(uids, dtype=object)
-    n_max = int(np.bincount(group_codes(uids, "uid")[0]).max())
-    if n_max < 2:
+    k = 1, 2, 4, ..., n and the configured k, the gap, alpha_k, the shares. Rollouts without a
+    finite score and groups of one are left out (with a warning in the log); an empty batch gives
+    no metrics."""
+    uids, values = _usable(uids, scores, "training batch")
+    if uids.size == 0:
         return {}
-    return diagnose(uids, scores, _ks(config, n_max)).metrics(METRIC_PREFIX)
+    n_max = int(np.bincount(group_codes(uids, "uid")[0]).max())
+    return diagnose(uids, values, _ks(config, n_max)).metrics(METRIC_PREFIX)
 
 
 def validation_metrics(
     data_sources: Any, uids: Any, rewards: Any, config: Any = None
 ) -> dict[str, float]:
     """Per data source: the unbiased pass@k (max@k for real rewards) at the largest n in
-    `val-core/<source>/passk_companion/`, everything else in `val-aux/<source>/passk_companion/`."""
+    `val-core/<source>/passk_companion/`, everything else in `val-aux/<source>/passk_companion/`.
+    Rollouts without a finite reward (None, NaN) and groups of one are left out, with a warning in
+    the log."""
     sources = np.asarray(data_sources, dtype=object)
     uids = np.asarray(uids, dtype=object)
-    values = np.asarray(rewards, dtype=np.float64)
     out: dict[str, float] = {}
-    codes, labels = group_codes(sources, "data source")
-    for s, source in enumerate(labels.tolist()):
-        pick = codes == s
-        n_max = int(np.bincount(group_codes(uids[pick], "uid")[0]).max())
+    if sources.shape[0] != uids.shape[0] or uids.shape[0] != len(rewards):
+        _log.warning("passk_companion: validation: %d sources, %d uids, %d rewards; no diagnostic",
+                     sources.shape[0], uids.shape[0], len(rewards))  # fmt: skip
+        return out
+    rewards = list(rewards)
+    codes, labels = group_codes(sources, "data source") if sources.size else ([], [])
+    for s, source in enumerate(list(labels)):
+        pick = np.asarray(codes) == s
+        keep_uids, values = _usable(
+            uids[pick],
+            [r for r, p in zip(rewards, pick, strict=True) if p],
+            f"validation {source}",
+            min_group=1,
+        )
+        if keep_uids.size == 0:
+            continue
+        n_max = int(np.bincount(group_codes(keep_uids, "uid")[0]).max())
         if n_max < 2:
             continue
-        diag = diagnose(uids[pick], values[pick], _ks(config, n_max), min_group=1)
+        diag = diagnose(keep_uids, values, _ks(config, n_max), min_group=1)
         head = "pass" if diag.binary else "max"
         for key, value in diag.metrics().items():
             core = key == f"{head}@{n_max}"
@@ -298,7 +373,10 @@ class PassKMetrics:
         scores = scores.to_padded_tensor(0.0) if scores.is_nested else scores
         uids = np.array(list(data["uid"]), dtype=object)
         config = self.config.algorithm  # type: ignore[attr-defined]
-        metrics.update(train_metrics(uids[keep], scores.sum(-1).numpy()[keep], config))
+        try:
+            metrics.update(train_metrics(uids[keep], scores.sum(-1).numpy()[keep], config))
+        except Exception as err:  # noqa: BLE001 - a metric never stops the training run
+            _log.warning("passk_companion: no pass@k metrics for this step: %s", err)
         return batch
 
     def _val_metrics_update(
@@ -321,7 +399,10 @@ class PassKMetrics:
         rewards = acc if usable else reward_extra_infos_dict.get("reward", [])
         if len(rewards) == len(sample_uids) and sample_uids:
             config = getattr(getattr(self, "config", None), "algorithm", None)
-            out.update(validation_metrics(data_sources, sample_uids, rewards, config))
+            try:
+                out.update(validation_metrics(data_sources, sample_uids, rewards, config))
+            except Exception as err:  # noqa: BLE001 - a metric never stops the training run
+                _log.warning("passk_companion: no pass@k validation metrics: %s", err)
         return out
 
 

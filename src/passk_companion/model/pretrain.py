@@ -36,7 +36,7 @@ from passk_companion.model.gpt import GPT, pick_device
 from passk_companion.model.optim import RunOptimizer
 from passk_companion.model.provenance import code_digest
 from passk_companion.model.tasks import DagTask
-from passk_companion.repro import progress as progress_bar
+from passk_companion.runtime import progress as progress_bar
 
 __all__ = ["pretrain", "base_key", "base_digest", "load_or_pretrain", "base_selection"]
 

@@ -72,7 +72,7 @@ from passk_companion.model.optim import RunOptimizer
 from passk_companion.model.pretrain import load_or_pretrain
 from passk_companion.model.provenance import code_digest
 from passk_companion.model.tasks import DagTask
-from passk_companion.repro import progress as progress_bar
+from passk_companion.runtime import progress as progress_bar
 from passk_companion.theory.passk import alpha_k, pass_at_k
 
 __all__ = [

@@ -67,7 +67,7 @@ from passk_companion.model.backends import Interrupted
 from passk_companion.model.grid import MAX_TRIALS, Grid, Trial, load_grid, parse_grid
 from passk_companion.model.pretrain import base_digest, load_or_pretrain
 from passk_companion.model.provenance import code_digest
-from passk_companion.repro import progress as progress_bar
+from passk_companion.runtime import progress as progress_bar
 
 __all__ = [
     "Grid",

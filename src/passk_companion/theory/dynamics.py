@@ -31,7 +31,7 @@ from torch import Tensor
 
 from passk_companion import objectives
 from passk_companion import validation as check
-from passk_companion.repro import progress
+from passk_companion.runtime import progress
 from passk_companion.theory.contextual import ContextualPolicy
 from passk_companion.theory.exact import check_policy, grad_j1, success_prob
 from passk_companion.theory.harness import group_estimates

@@ -30,6 +30,7 @@ figures and summary.json there. Bad input gets one line naming the file, the col
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -57,6 +58,10 @@ TRL = {"step", "prompt", "completion", "advantage"}
 TRL_NOT_REWARDS = {"step", "prompt", "completion", "advantage", "image", "images"}
 PROGRESS_BYTES = 16 << 20
 CHUNK_ROWS = 200_000
+MAX_ROWS = 20_000_000  # rollouts read in all (a 10^7-row file runs in about 1 GB)
+MAX_RESAMPLES = 100_000
+WRITTEN = {"summary.json"}  # what `diagnose --out` writes: never read back as a log
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Rollouts:
     row_in_file: np.ndarray
     kind: str
     columns: dict[str, str | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def where(self, row: int, role: str) -> str:
         """`file: column 'c', row r` of one rollout, for an error message."""
@@ -90,7 +96,11 @@ def _files(path: Path) -> list[Path]:
             )
         return [path]
     folder = path / "completions" if (path / "completions").is_dir() else path
-    found = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES]
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in SUFFIXES and p.name not in WRITTEN
+    ]
     if not found:
         raise ValueError(f"{path}: no CSV, JSONL or Parquet files in this folder")
 
@@ -105,6 +115,11 @@ def _header(path: Path) -> list[str]:
     kind = SUFFIXES[path.suffix.lower()]
     try:
         if kind == "csv":
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                names = next(csv.reader(f), [])
+            repeated = sorted({c for c in names if names.count(c) > 1})
+            if repeated:
+                raise ValueError(f"{path}: column {repeated[0]!r} is named more than once")
             return list(pd.read_csv(path, nrows=0).columns)
         if kind == "parquet":
             import pyarrow.parquet as pq
@@ -114,7 +129,9 @@ def _header(path: Path) -> list[str]:
             first = f.readline()
         if not first.strip():
             raise ValueError(f"{path}: the file is empty")
-        record = json.loads(first)
+        record = json.loads(first.decode("utf-8-sig") if first[:3] == b"\xef\xbb\xbf" else first)
+    except RecursionError:
+        raise ValueError(f"{path}: row 1 is nested too deeply to be a rollout") from None
     except ImportError as err:
         raise ValueError(f"{path}: reading Parquet needs pyarrow ({err})") from None
     except (ValueError, OSError) as err:
@@ -144,24 +161,40 @@ def _progress(path: Path, quiet: bool):
     )
 
 
-def _read(path: Path, columns: list[str], quiet: bool) -> pd.DataFrame:
-    """The named columns of one file, in chunks (with a progress bar on large files)."""
+def _read(
+    path: Path, columns: list[str], quiet: bool, text: tuple[str, ...] = (), budget: int = MAX_ROWS
+) -> pd.DataFrame:
+    """The named columns of one file, in chunks (with a progress bar on large files); the
+    `text` columns of a CSV are read as text (ids such as ``007`` and ``7`` stay distinct). At
+    most `budget` rows: a longer file is refused before it is read (Parquet declares its rows) or
+    as soon as the limit is passed."""
     kind = SUFFIXES[path.suffix.lower()]
     parts: list[pd.DataFrame] = []
+    too_many = (
+        f"{path}: more than {budget} rollouts (the limit of {MAX_ROWS} in all); "
+        "diagnose a part of the log"
+    )
     with _progress(path, quiet) as bar:
         try:
             if kind == "parquet":
                 import pyarrow.parquet as pq
 
                 pf = pq.ParquetFile(path)
+                if pf.metadata.num_rows > budget:
+                    raise ValueError(too_many)
                 per_row = path.stat().st_size / max(1, pf.metadata.num_rows)
                 for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=columns):
                     parts.append(batch.to_pandas())
                     bar.update(int(batch.num_rows * per_row))
             else:
                 with path.open("rb") as f:
+                    if f.read(3) != b"\xef\xbb\xbf":  # a UTF-8 byte-order mark is skipped
+                        f.seek(0)
                     if kind == "csv":
-                        reader = pd.read_csv(f, usecols=columns, chunksize=CHUNK_ROWS)
+                        dtype = {c: str for c in text if c in columns}
+                        reader = pd.read_csv(
+                            f, usecols=columns, chunksize=CHUNK_ROWS, dtype=dtype or None
+                        )
                     else:
                         reader = pd.read_json(f, lines=True, chunksize=CHUNK_ROWS, dtype=False)
                     last = 0
@@ -173,12 +206,18 @@ def _read(path: Path, columns: list[str], quiet: bool) -> pd.DataFrame:
                                 f"{path}: column {missing[0]!r}, row {row}: missing from the record"
                             )
                         parts.append(chunk[columns])
+                        if sum(map(len, parts)) > budget:
+                            raise ValueError(too_many)
                         bar.update(f.tell() - last)
                         last = f.tell()
         except ValueError as err:
             if str(err).startswith(str(path)):
                 raise
             raise ValueError(f"{path}: cannot read it as {kind} ({err})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: a row is nested too deeply to be a rollout") from None
+        except MemoryError:
+            raise ValueError(f"{path}: not enough memory to read it; diagnose a part") from None
     if not parts:
         return pd.DataFrame(columns=columns)
     return pd.concat(parts, ignore_index=True)
@@ -244,6 +283,38 @@ def _layout(columns: list[str], path: Path, args: argparse.Namespace) -> tuple[s
     return fmt, roles
 
 
+def _verl_keys(frame: pd.DataFrame, rows: np.ndarray, path: Path, notes: list[str]):
+    """verl's TransferQueue keys `{uid}_{session}_{index}` made into prompts: the last output of
+    each session kept, the uid before the last two fields; what was dropped and merged is
+    written into `notes`."""
+    keep = final_outputs(frame["uid"])
+    raw = frame["uid"].astype(str)
+    if keep.all() and not _are_keys(raw):
+        return frame, rows
+    prompts = raw.str.rsplit("_", n=2).str[0]
+    dropped = int((~keep).sum())
+    if dropped:
+        notes.append(
+            f"{path.name}: {dropped} of {len(frame)} rows dropped: not the last output of their "
+            "session (uids read as verl keys {uid}_{session}_{index})"
+        )
+    before, after = raw[keep].nunique(), prompts[keep].nunique()
+    if after < before:
+        notes.append(
+            f"{path.name}: {before} uids read as {after} prompts (the uid before its last two "
+            "'_' fields); use --prompt input if the uids are not verl's keys"
+        )
+    frame = frame[keep].assign(uid=prompts[keep])
+    return frame, rows[keep]
+
+
+def _are_keys(values: pd.Series) -> bool:
+    parts = values.str.rsplit("_", n=2, expand=True)
+    return bool(
+        parts.shape[1] >= 3 and not parts.isna().any().any() and parts[2].str.isdigit().all()
+    )
+
+
 def final_outputs(keys: Any) -> np.ndarray:
     """For verl's TransferQueue keys `{uid}_{session}_{index}`: the rows that are the last output
     of their session (an agent loop may emit several outputs per session; all rows are kept
@@ -258,7 +329,10 @@ def final_outputs(keys: Any) -> np.ndarray:
 def _numbers(values: pd.Series, path: Path, column: str, rows: np.ndarray) -> np.ndarray:
     if values.dtype == bool:
         return values.to_numpy(dtype=np.float64)
-    parsed = pd.to_numeric(values, errors="coerce")
+    try:
+        parsed = pd.to_numeric(values, errors="coerce")
+    except (OverflowError, ValueError):
+        parsed = pd.Series([_float(v) for v in values], index=values.index, dtype=np.float64)
     bad = parsed.isna().to_numpy() | ~np.isfinite(parsed.to_numpy(dtype=np.float64))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -270,6 +344,21 @@ def _numbers(values: pd.Series, path: Path, column: str, rows: np.ndarray) -> np
         )
         raise ValueError(f"{path}: column {column!r}, row {rows[i]}: {what}")
     return parsed.to_numpy(dtype=np.float64)
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
+def _ids(values: pd.Series) -> np.ndarray:
+    """Prompt ids as text: ``1`` and ``1.0`` (or ``7`` and ``007``) are different prompts."""
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":  # a CSV's ids: no copy
+        return values.to_numpy(dtype=object)
+    arr = _labels(values)
+    return np.array([v if isinstance(v, str) else str(v) for v in arr.tolist()], dtype=object)
 
 
 def _labels(values: pd.Series) -> np.ndarray:
@@ -295,31 +384,50 @@ def _plain(v: Any) -> Any:
 def load(path: str | Path, args: argparse.Namespace) -> Rollouts:
     """Read FILE (a file or a folder) into Rollouts; ValueError naming file, column and row."""
     files = _files(Path(path))
-    prompts, rewards, steps, answers, file_idx, rows = [], [], [], [], [], []
-    kinds, roles = set(), {}
+    prompts, rewards, steps, answers, file_idx, rows, outputs = [], [], [], [], [], [], []
+    kinds, roles, notes = set(), {}, []
+    read = 0
     for f_i, f in enumerate(files):
         columns = _header(f)
         kind, roles = _layout(columns, f, args)
         kinds.add(kind)
-        needed = sorted({c for c in roles.values() if c is not None})
-        frame = _read(f, needed, args.quiet)
+        needed = {c for c in roles.values() if c is not None}
+        if kind == "trl" and "completion" in columns:
+            needed.add("completion")
+        needed = sorted(needed)
+        text = tuple(c for c in (roles["prompt"], roles.get("answer")) if c)
+        frame = _read(f, needed, args.quiet, text, MAX_ROWS - read)
+        read += len(frame)
         if frame.empty:
             raise ValueError(f"{f}: no rows")
         row_numbers = np.arange(1, len(frame) + 1)
         if kind == "verl" and roles["prompt"] == "uid":
-            keep = final_outputs(frame["uid"])
-            frame, row_numbers = frame[keep], row_numbers[keep]
-            frame = frame.assign(uid=frame["uid"].astype(str).str.rsplit("_", n=2).str[0])
+            frame, row_numbers = _verl_keys(frame, row_numbers, f, notes)
         for col in needed:
             missing = frame[col].isna().to_numpy()
             if missing.any() and col != roles.get("answer"):
                 i = int(np.flatnonzero(missing)[0])
                 raise ValueError(f"{f}: column {col!r}, row {row_numbers[i]}: missing value")
         reward = _numbers(frame[roles["reward"]], f, roles["reward"], row_numbers)
-        prompts.append(_labels(frame[roles["prompt"]]))
+        prompts.append(_ids(frame[roles["prompt"]]))
         rewards.append(reward)
         if roles.get("step"):
-            steps.append(frame[roles["step"]].to_numpy())
+            step = frame[roles["step"]].to_numpy()
+            numeric = np.array([isinstance(v, int | float | np.number) for v in step.tolist()])
+            if numeric.any():
+                values = np.array(
+                    [_float(v) if n else 0.0 for v, n in zip(step, numeric, strict=True)]
+                )
+                bad = numeric & ~np.isfinite(values)
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    raise ValueError(
+                        f"{f}: column {roles['step']!r}, row {row_numbers[i]}: {step[i]!r} is not "
+                        "a finite step"
+                    )
+            steps.append(step)
+        if "completion" in frame.columns:
+            outputs.append(_labels(frame["completion"].astype(str)))
         if roles.get("answer"):
             answers.append(_labels(frame[roles["answer"]].fillna("")))
         file_idx.append(np.full(len(frame), f_i))
@@ -328,7 +436,7 @@ def load(path: str | Path, args: argparse.Namespace) -> Rollouts:
         raise ValueError(f"{path}: the files mix formats ({', '.join(sorted(kinds))})")
     step = np.concatenate(steps) if len(steps) == len(files) and steps else None
     answer = np.concatenate(answers) if len(answers) == len(files) and answers else None
-    return Rollouts(
+    data = Rollouts(
         prompt=np.concatenate(prompts),
         reward=np.concatenate(rewards),
         step=step,
@@ -338,7 +446,57 @@ def load(path: str | Path, args: argparse.Namespace) -> Rollouts:
         row_in_file=np.concatenate(rows),
         kind=kinds.pop(),
         columns=roles,
+        notes=notes,
     )
+    if data.kind == "trl" and step is not None and len(outputs) == len(files):
+        data = _generation_batches_once(data, np.concatenate(outputs))
+    return data
+
+
+def _subset(data: Rollouts, keep: np.ndarray) -> Rollouts:
+    def pick(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[keep]
+
+    return Rollouts(
+        prompt=data.prompt[keep],
+        reward=data.reward[keep],
+        step=pick(data.step),
+        answer=pick(data.answer),
+        files=data.files,
+        file_of_row=data.file_of_row[keep],
+        row_in_file=data.row_in_file[keep],
+        kind=data.kind,
+        columns=data.columns,
+        notes=data.notes,
+    )
+
+
+def _generation_batches_once(data: Rollouts, completions: np.ndarray) -> Rollouts:
+    """TRL logs one generation batch at every step that trains on it (num_iterations > 1, or
+    steps_per_generation > gradient_accumulation_steps): a step whose rows (prompt, completion,
+    reward) are those of the step logged before it is the same batch again, and is dropped; the
+    notes say which steps were merged."""
+    codes, labels = diagnostics.group_codes(data.step, "step")
+    keep = np.ones(codes.size, dtype=bool)
+    previous, merged = None, []
+    for s in range(labels.size):
+        rows = np.flatnonzero(codes == s)
+        batch = sorted(
+            zip(data.prompt[rows].tolist(), completions[rows].tolist(), data.reward[rows].tolist(),
+                strict=True)
+        )  # fmt: skip
+        if batch == previous:
+            keep[rows] = False
+            merged.append(str(labels[s]))
+        else:
+            previous = batch
+    if not merged:
+        return data
+    data.notes.append(
+        f"steps {', '.join(merged)} logged the generation batch of the step before them again "
+        "(TRL's num_iterations or steps_per_generation): each batch counted once"
+    )
+    return _subset(data, keep)
 
 
 def _group_ids(data: Rollouts) -> np.ndarray:
@@ -371,11 +529,12 @@ def report(data: Rollouts, args: argparse.Namespace) -> dict[str, Any]:
         "format": data.kind,
         "files": len(data.files),
         "columns": data.columns,
+        "notes": list(data.notes),
     }
     out: dict[str, Any] = {"summary": summary, "diag": diag, "trend": None}
     n_steps = 0 if data.step is None else diagnostics.group_codes(data.step, "step")[1].size
     if n_steps >= 2:
-        k = int(max(q for q in diag.ks if q <= sizes.min()))
+        k = int(max([q for q in diag.ks if q <= sizes.min()] or [sizes.min()]))
         if k >= 2 and (diag.binary or args.threshold is not None):
             tr = diagnostics.trend(data.step, data.prompt, data.reward, k, threshold=args.threshold)
             summary["steps"] = tr.summary()
@@ -465,7 +624,31 @@ def text(result: dict[str, Any]) -> str:
         for b in range(len(m["bins"]) - 1):
             label = f"[{m['bins'][b]:.1f}, {m['bins'][b + 1]:.1f})"
             lines.append("  " + f"{label:>12}" + "".join(f"{_fmt(v, 3):>9}" for v in m["gap"][b]))
+    lines += [f"note: {note}" for note in s["input"].get("notes", [])]
     return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (escape sequences of a log's strings) shown as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _finite(x: Any) -> Any:
+    """A JSON-ready value with every non-finite number as null (JSON has no Infinity)."""
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def as_json(summary: dict[str, Any]) -> str:
+    """The summary as strict JSON (non-finite numbers as null)."""
+    return json.dumps(_finite(summary), indent=1, default=_json, allow_nan=False)
 
 
 def figures(result: dict[str, Any], folder: Path) -> list[Path]:
@@ -530,9 +713,7 @@ def figures(result: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_ylabel(f"mean pass@{tr.k} - pass@1 at matched J_1")
         ax.legend()
         save(fig, "gap_at_matched_j1")
-    written.append(
-        atomic_write_text(folder / "summary.json", json.dumps(s, indent=1, default=_json) + "\n")
-    )
+    written.append(atomic_write_text(folder / "summary.json", as_json(s) + "\n"))
     return written
 
 
@@ -563,9 +744,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run `diagnose`; ValueError (one line) for bad input, which cli.main prints."""
-    if args.resamples < 1:
-        raise ValueError(f"--resamples must be >= 1, got {args.resamples}")
+    """Run `diagnose`; ValueError (one line, control characters escaped) for bad input, which
+    cli.main prints. Ctrl-C is one line and rc 130; a closed pipe (`| head`) ends quietly."""
+    try:
+        return _main(args)
+    except ValueError as err:
+        raise ValueError(printable(" ".join(str(err).split()))) from None
+    except MemoryError:
+        raise ValueError(f"{args.file}: not enough memory; diagnose a part of the log") from None
+    except KeyboardInterrupt:
+        print("error: diagnose was interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more reaches the closed pipe
+        return 0
+
+
+def _main(args: argparse.Namespace) -> int:
+    if not 1 <= args.resamples <= MAX_RESAMPLES:
+        raise ValueError(f"--resamples must lie in 1..{MAX_RESAMPLES}, got {args.resamples}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if not 0 < args.confidence < 1:
         raise ValueError(f"--confidence must lie in (0, 1), got {args.confidence}")
     if args.threshold is not None and not math.isfinite(args.threshold):
@@ -577,9 +777,9 @@ def main(args: argparse.Namespace) -> int:
     if folder is not None:
         figures(result, folder)
     if args.output == "json":
-        print(json.dumps(result["summary"], indent=1, default=_json))
+        print(as_json(result["summary"]), flush=True)
     else:
-        print(text(result))
+        print(printable(text(result)), flush=True)
         if folder is not None:
-            print(f"figures and summary.json: {folder}")
+            print(printable(f"figures and summary.json: {folder}"), flush=True)
     return 0
