@@ -9,4 +9,3 @@ def test_paths_inside_the_checkout_are_shown_relative_to_it(tmp_path):
         "params/preregistered/04.yaml"
     )
     assert runtime.shown_path(tmp_path / "mine.yaml") == str(tmp_path / "mine.yaml")
-
