@@ -284,9 +284,9 @@ def _layout(columns: list[str], path: Path, args: argparse.Namespace) -> tuple[s
 
 
 def _verl_keys(frame: pd.DataFrame, rows: np.ndarray, path: Path, notes: list[str]):
-    """verl's TransferQueue keys `{uid}_{session}_{index}` made into prompts: the last output of
-    each session kept, the uid before the last two fields; what was dropped and merged is
-    written into `notes`."""
+    """verl's TransferQueue keys `{uid}_{session}_{index}` made into prompts: the last output
+    of each `{uid}_{session}` pair kept, the uid before the last two fields; what was dropped
+    and merged is written into `notes`."""
     keep = final_outputs(frame["uid"])
     raw = frame["uid"].astype(str)
     if keep.all() and not _are_keys(raw):
