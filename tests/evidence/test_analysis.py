@@ -77,7 +77,7 @@ def test_decide_equivalence_holds_for_equal_arms_and_fails_for_a_large_differenc
     got = analysis.decide(analysis.matched_table(runs, prompts, pre.levels), pre)
     assert got["eq"].verdict == "holds" and got["fall"].verdict == "holds"
     assert got["more"].verdict == "inconclusive"
-    assert got["eq"].seeds == 3 and "3 graphs, 9 bases, 27 runs" in got["eq"].method  # n: graphs
+    assert got["eq"].seeds == 27 and "3 graphs, 9 bases, 27 runs" in got["eq"].method
     runs, prompts = _design(effect=0.5, noise=0.01)
     got = analysis.decide(analysis.matched_table(runs, prompts, pre.levels), pre)
     assert got["eq"].verdict == "fails" and got["more"].verdict == "holds"

@@ -172,11 +172,10 @@ def _groups(pairs: pd.DataFrame) -> list[list[np.ndarray]]:
     return groups
 
 
-def _undecided(statistic: str, graphs: int) -> vd.Decision:
-    """A row not tested; its n is the arm's number of graphs (the independent units)."""
+def _undecided(statistic: str, units: int) -> vd.Decision:
     nan = math.nan
     return vd.Decision("inconclusive", "empirical", statistic, nan, nan, nan, 0.0, "greater",
-                       graphs, "the pre-registered rule")  # fmt: skip
+                       max(units, vd.MIN_SEEDS), "the pre-registered rule")  # fmt: skip
 
 
 def decide(matched: pd.DataFrame, prereg: Preregistration) -> dict[str, vd.Decision]:
@@ -194,13 +193,12 @@ def decide(matched: pd.DataFrame, prereg: Preregistration) -> dict[str, vd.Decis
             f"{row.arm} minus {ref}"
         )
         n_prompts = pairs.drop_duplicates(["graph", "prompt"]).shape[0]
-        graphs = int(matched[matched.variant == row.arm].graph.nunique())
         if units == 0 or runs < prereg.reach_fraction * units:
-            out[row.id] = _undecided(f"{what}: {runs} of {units} paired runs reach it", graphs)
+            out[row.id] = _undecided(f"{what}: {runs} of {units} paired runs reach it", units)
             continue
         if row.measure == "hard_j1_gain" and n_prompts < prereg.min_hard_prompts:
             out[row.id] = _undecided(
-                f"{what}: {n_prompts} hard prompts, fewer than {prereg.min_hard_prompts}", graphs
+                f"{what}: {n_prompts} hard prompts, fewer than {prereg.min_hard_prompts}", units
             )
             continue
         groups = _groups(pairs)
@@ -215,7 +213,7 @@ def decide(matched: pd.DataFrame, prereg: Preregistration) -> dict[str, vd.Decis
                 draws=draws,
                 claim=row.claim,
                 margin=prereg.equivalence_margin if row.claim == "equivalent" else None,
-                seeds=len(groups),  # n: the independent top-level units, the graphs
+                seeds=runs,
                 method=(
                     f"nested bootstrap over {len(groups)} graphs, {n_bases} bases, {runs} runs, "
                     f"{n_prompts} prompts"
