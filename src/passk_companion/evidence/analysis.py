@@ -260,9 +260,10 @@ def decide_grad_check(fits: pd.DataFrame, prereg: Preregistration) -> dict[str, 
             statistic=f"intercept of that line (log ratio where alpha_{k} = 1)", unit=unit,
         ),
     }  # fmt: skip
+    target = {"slope": 1.0, "intercept": 0.0}
     return {
         name: dataclasses.replace(
-            d, kind="numerical",
+            d, kind="numerical", statistic=f"|{d.statistic} - {target[name]:g}|",
             method=f"{d.method}; {d.estimate:.4g}, {round(100 * conf)}% CI "
             f"[{d.low:.4g}, {d.high:.4g}]",
         )

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from passk_companion.model.portable import NATIVE, PORTABLE, Kernels
 from passk_companion.model.runs import Runs
+from passk_companion.validation import is_integer
 
 __all__ = [
     "GPTConfig",
@@ -272,7 +273,7 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: GPTConfig, runs: int = 1, init: bool = True):
         super().__init__()
-        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        if not is_integer(runs) or runs < 1:
             raise ValueError(f"an ensemble needs runs >= 1, got {runs!r}")
         self.cfg = cfg
         self.tok = Embedding(runs, cfg.vocab_size, cfg.n_embd)  # tied: also the output head

@@ -41,6 +41,7 @@ from typing import Any
 from passk_companion import profiles
 from passk_companion.files import load_yaml_strict
 from passk_companion.model import config
+from passk_companion.validation import is_integer
 
 __all__ = [
     "Grid",
@@ -103,7 +104,7 @@ class Grid:
         for key in BASE_AXES:
             values = self.grid.get(key, [self.overrides.get(key, 0)])
             for v in values:
-                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                if not is_integer(v) or v < 0:
                     raise ValueError(f"{key} must be a non-negative integer seed, got {v!r}")
         both = set(self.overrides) & set(self.grid)
         if both:

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from passk_companion.validation import is_integer
+
 __all__ = ["KINDS", "RunOptimizer"]
 
 KINDS = ("adamw", "sgd")
@@ -132,7 +134,7 @@ class RunOptimizer:
             kind = state.get("kind") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"optimizer state of {kind!r}, the run uses {self.kinds[r]!r}")
         step, b1t, b2t = state.get("step"), state.get("b1t"), state.get("b2t")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        if not is_integer(step) or step < 0:
             raise ValueError(f"optimizer step {step!r} is not a count")
         for name, x in (("b1t", b1t), ("b2t", b2t)):
             if isinstance(x, bool) or not isinstance(x, float) or not 0.0 <= x <= 1.0:

@@ -68,6 +68,7 @@ from passk_companion.model.grid import MAX_TRIALS, Grid, Trial, load_grid, parse
 from passk_companion.model.pretrain import base_digest, load_or_pretrain
 from passk_companion.model.provenance import code_digest
 from passk_companion.runtime import progress as progress_bar
+from passk_companion.validation import is_integer
 
 __all__ = [
     "Grid",
@@ -278,7 +279,7 @@ def _check_arguments(backend: str, workers: int, gpus_per_trial: float | None,
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     for name, value in (("workers", workers), ("ensemble", ensemble)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+        if not is_integer(value) or not 1 <= value <= 4096:
             raise ValueError(f"{name} must be an integer in 1..4096, got {value!r}")
     if gpus_per_trial is not None and not gpus_per_trial > 0:
         raise ValueError(f"gpus_per_trial must be > 0, got {gpus_per_trial}")
