@@ -54,6 +54,7 @@ def test_the_command_writes_the_tables(tmp_path, capsys, monkeypatch):
     (tmp_path / "docs").mkdir()
     (tmp_path / "notebooks" / "claims").mkdir(parents=True)
     (tmp_path / "docs" / "claims.md").write_text(f"# x\n{report.BEGIN}\n{report.END}\n")
+    (tmp_path / "README.md").write_text(f"# y\n{report.BEGIN}\nstale\n{report.END}\n")
     row = claims.Claim(
         id="c", claim="a claim", paper="Thm 3.1", notebook="01_x", kind="empirical",
         measured="m", verdict="holds", seeds=3, interval="[0.1, 0.2]",
@@ -64,3 +65,5 @@ def test_the_command_writes_the_tables(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "| 01 | `c` | holds |" in printed
     assert printed in (tmp_path / "docs" / "claims.md").read_text()
+    readme = (tmp_path / "README.md").read_text()
+    assert "stale" not in readme and "1 experiment: 1 hold" in readme

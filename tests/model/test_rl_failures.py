@@ -38,24 +38,33 @@ def huge_weights():
 def test_a_diverged_model_fails_naming_the_step(tmp_path, base, huge_weights):
     cfg = dataclasses.replace(SMOKE.rl, objective=huge_weights, optimizer="sgd", grad_clip=0.0,
                               lr=1e3, steps=2, eval_every=1)  # fmt: skip
-    with pytest.raises(ValueError, match=r"^RL step 1: the model diverged \(OverflowError"):
+    with pytest.raises(
+        ValueError,
+        match=r"^RL step 1: the model diverged \(the metrics train_j1, "
+        r"train_pass@1, train_pass@2 and \d+ more are not finite\); lower lr",
+    ):
         rl.train_rl(base, SMOKE, cfg, tmp_path / "run", progress=False)
     rows = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert rows.step.tolist() == [0] and math.isfinite(rows.test_j1.iloc[0])
 
 
 def test_non_finite_metrics_fail_naming_the_step(tmp_path, base, monkeypatch):
-    real = rl._Evaluator.__call__
+    real = rl._evaluate
 
-    def broken(self, model, step):
-        row, per = real(self, model, step)
-        if step == 2:
-            row["test_j1"] = math.nan
-        return row, per
+    def broken(ens, due):
+        rows = real(ens, due)
+        for i in due:
+            if ens.members[i].step == 2:
+                rows[i][0]["test_j1"] = math.nan
+        return rows
 
-    monkeypatch.setattr(rl._Evaluator, "__call__", broken)
+    monkeypatch.setattr(rl, "_evaluate", broken)
     cfg = dataclasses.replace(SMOKE.rl, steps=4, eval_every=2)
-    with pytest.raises(ValueError, match=r"RL step 2: the metrics \['test_j1'\] are not finite"):
+    with pytest.raises(
+        ValueError,
+        match=r"RL step 2: the model diverged \(the metrics test_j1 "
+        r"are not finite\)",
+    ):
         rl.train_rl(base, SMOKE, cfg, tmp_path / "run", progress=False)
     rows = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert rows.step.tolist() == [0] and not rows.test_j1.isna().any()

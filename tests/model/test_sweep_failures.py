@@ -143,7 +143,9 @@ def test_yaml_alias_bombs_are_refused_before_any_work(tmp_path, where):
     t0 = time.perf_counter()
     proc = _sweep_cli(path, "--out", tmp_path / "out", memory=3 * 2**30, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "aliases (*name) are not allowed in grid files" in proc.stderr
+    assert "cannot read grid file" in proc.stderr
+    assert "aliases (*name) are not allowed (line " in proc.stderr
+    assert proc.stderr.count("\n") == 1  # one line, no traceback
     assert time.perf_counter() - t0 < 30 and not (tmp_path / "out").exists()
 
 

@@ -17,7 +17,8 @@ cell.
   of seeds may decide otherwise. Notebooks name these rows (:func:`show`).
 * ``cell``: the execution count of the notebook cell that recorded the claim (filled by
   :func:`record` inside a kernel; empty elsewhere): passk_companion.evidence.site links each claim
-  to that cell.
+  to that cell. It says where a claim was printed, not what it says, and depends on how the
+  notebook ran (papermill counts cells, nbval's kernel does not), so :func:`differences` skips it.
 * ``paper``: what arXiv 2511.16231 itself states (e.g. "Thm 3.1"), or "raised by the companion:
   ...", "beyond the paper: ...", or another paper's citation.
 
@@ -203,9 +204,13 @@ def record(claims: list[Claim], results: Path | None = None) -> list[Path]:
     return written
 
 
+LOCATORS = ("cell",)  # columns that say where a claim was recorded, not what it says
+
+
 def differences(a: list[Claim], b: list[Claim]) -> list[str]:
     """What differs between two sets of claims (two runs of the same notebooks), one line per
-    claim: a claim on one side only, or a column that differs (verdict first). Empty when the
+    claim: a claim on one side only, or a column other than LOCATORS that differs (verdict
+    first). Empty when the
     two are the same; `python -m passk_companion compare-claims A B` fails on any line. A claim
     that one side holds more than once (in one file or two) is a difference of its own: its
     copies may disagree, and no copy is taken to stand for the others."""
@@ -225,7 +230,7 @@ def differences(a: list[Claim], b: list[Claim]) -> list[str]:
             lines.append(f"{name}: only in the {'first' if key in left else 'second'} run")
             continue
         x, y = asdict(left[key]), asdict(right[key])
-        for column in ["verdict"] + [c for c in COLUMNS if c != "verdict"]:
+        for column in ["verdict"] + [c for c in COLUMNS if c not in ("verdict", *LOCATORS)]:
             if x[column] != y[column]:
                 lines.append(f"{name}: {column} {x[column]!r} != {y[column]!r}")
     return lines

@@ -295,9 +295,10 @@ def _check_finite(row: dict, step: int) -> None:
     and the metrics, before the row reaches metrics.csv."""
     bad = [k for k, v in row.items() if k not in _MAY_BE_NAN and not math.isfinite(v)]
     if bad:
+        named = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise ValueError(
-            f"RL step {step}: the metrics {bad} are not finite; lower lr or check the "
-            "objective's parameters"
+            f"RL step {step}: the model diverged (the metrics {named} are not finite); lower lr "
+            "or check the objective's parameters"
         )
 
 
