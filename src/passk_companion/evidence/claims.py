@@ -211,9 +211,9 @@ def differences(a: list[Claim], b: list[Claim]) -> list[str]:
     """What differs between two sets of claims (two runs of the same notebooks), one line per
     claim: a claim on one side only, or a column other than LOCATORS that differs (verdict
     first). Empty when the two are the same; `python -m passk_companion compare-claims A B`
-    fails on any line. A claim
-    that one side holds more than once (in one file or two) is a difference of its own: its
-    copies may disagree, and no copy is taken to stand for the others."""
+    fails on any line. A claim that one side holds more than once (in one file or two) is a
+    difference of its own: its copies may disagree, and no copy is taken to stand for the
+    others."""
     lines = []
     for side, rows in (("first", a), ("second", b)):
         counts = Counter((c.notebook, c.id) for c in rows)
